@@ -1,0 +1,77 @@
+"""Paddle submodels built from diffusers checkpoints: `load(model_dir, name)` is the public entry point.
+
+Each module's `forward` takes the inputs of DESIGN.md's contract table positionally, in order, and
+returns the outputs in order (a tuple when there are several). Paddle is imported lazily so that
+`import sdc.graphs.configs` stays cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sdc.errors import ConfigError
+
+SUBMODELS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
+
+
+def folder_of(name: str) -> str:
+    """The diffusers folder a submodel's config and weights live in."""
+    return "vae" if name.startswith("vae_") else name
+
+
+def load_config(model_dir: Path, name: str):
+    """The typed config of submodel `name`."""
+    from sdc.graphs import configs
+
+    if name not in SUBMODELS:
+        raise ConfigError(model_dir, None, f"unknown submodel {name!r}", f"choose one of {', '.join(SUBMODELS)}")
+    path = Path(model_dir) / folder_of(name) / "config.json"
+    if name.startswith("text_encoder"):
+        return configs.load_clip_config(path)
+    if name == "unet":
+        return configs.load_unet_config(path)
+    return configs.load_vae_config(path)
+
+
+def build(name: str, cfg):
+    """An uninitialised Paddle Layer for submodel `name` (random weights), in eval mode."""
+    if name.startswith("text_encoder"):
+        from sdc.graphs.clip import CLIPTextModel as cls
+    elif name == "unet":
+        from sdc.graphs.unet import UNet2DConditionModel as cls
+    elif name == "vae_encoder":
+        from sdc.graphs.vae import VaeEncoder as cls
+    elif name == "vae_decoder":
+        from sdc.graphs.vae import VaeDecoder as cls
+    else:
+        raise ValueError(name)
+    layer = cls(cfg)
+    layer.eval()
+    return layer
+
+
+def _ignore_for(name: str):
+    if name == "vae_encoder":
+        return lambda k: not k.startswith(("encoder.", "quant_conv."))
+    if name == "vae_decoder":
+        return lambda k: not k.startswith(("decoder.", "post_quant_conv."))
+    return lambda k: False
+
+
+def load(model_dir, name: str, dtype: str = "float32", allow_pickle: bool = False):
+    """Submodel `name` of the diffusers folder `model_dir` as a Paddle Layer with its weights loaded."""
+    import paddle
+
+    from sdc.graphs.weights import assign_weights, find_weight_files, read_weights
+
+    model_dir = Path(model_dir)
+    cfg = load_config(model_dir, name)
+    folder = model_dir / folder_of(name)
+    files = find_weight_files(folder, allow_pickle=allow_pickle)
+    tensors = read_weights(files)
+    layer = build(name, cfg)
+    if dtype != "float32":
+        layer.to(dtype=dtype)
+    with paddle.no_grad():
+        assign_weights(layer, tensors, str(folder), ignore=_ignore_for(name), dtype=dtype)
+    return layer

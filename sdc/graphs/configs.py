@@ -1,0 +1,375 @@
+"""Typed configs parsed from a diffusers folder: model_index.json and each submodel's config.json.
+
+Every option that changes the computation is either implemented (and parsed here into a typed,
+per-block-normalised field) or refused with `UnsupportedConfigError` naming file, field and value.
+Nothing is silently ignored: an option we do not know, set to a non-trivial value, is refused too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sdc.errors import ConfigError, UnsupportedConfigError
+
+SUPPORTED_PIPELINES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionInpaintPipeline": "sd",
+}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object, turning every failure into a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, None, "file not found", "is this a diffusers-format model folder?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(path, None, f"not valid JSON ({e})", "restore the file from the original checkpoint")
+    if not isinstance(data, dict):
+        raise ConfigError(path, None, "expected a JSON object")
+    return data
+
+
+class _Reader:
+    """Reads fields of one config dict with type checks; records which keys were consumed."""
+
+    def __init__(self, path: Path, data: dict[str, Any]):
+        self.path, self.data, self.used = path, data, set()
+
+    def get(self, key: str, default: Any, types: tuple[type, ...] | type | None = None) -> Any:
+        self.used.add(key)
+        value = self.data.get(key, default)
+        if value is None or types is None:
+            return value
+        types = types if isinstance(types, tuple) else (types,)
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = "/".join(t.__name__ for t in types)
+            raise ConfigError(self.path, key, f"expected {names}, got {value!r}")
+        return value
+
+    def require(self, key: str, types: tuple[type, ...] | type) -> Any:
+        if key not in self.data:
+            raise ConfigError(self.path, key, "missing required field", "copy it from the original config.json")
+        return self.get(key, None, types)
+
+    def only(self, key: str, allowed: tuple, default: Any, supported: str = "") -> Any:
+        """A field whose other valid diffusers values sdc does not implement."""
+        value = self.get(key, default)
+        if value not in allowed:
+            raise UnsupportedConfigError(self.path, key, value, supported or f"{key} in {list(allowed)}")
+        return value
+
+    def per_block(self, key: str, value: Any, n: int, types: type) -> tuple:
+        """Expand an int-or-list option to one value per block, checking list length."""
+        if isinstance(value, (list, tuple)):
+            if len(value) != n or not all(isinstance(v, types) and not isinstance(v, bool) for v in value):
+                raise ConfigError(self.path, key, f"expected {n} values of type {types.__name__}, got {value!r}")
+            return tuple(value)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ConfigError(self.path, key, f"expected {types.__name__} or list, got {value!r}")
+        return (value,) * n
+
+    def refuse_unknown(self) -> None:
+        """Unknown options set to something non-trivial would change the computation: refuse them."""
+        for key, value in self.data.items():
+            if key.startswith("_") or key in self.used:
+                continue
+            if value in (None, False, [], {}, 0.0) and not isinstance(value, str):
+                continue
+            raise UnsupportedConfigError(self.path, key, value, "the options listed in sdc/graphs/configs.py")
+
+
+# ----------------------------------------------------------------------------- model_index.json
+
+
+@dataclass(frozen=True)
+class ModelIndex:
+    """The pipeline folder: its class, family and which component folders exist."""
+
+    root: Path
+    pipeline_class: str
+    family: str  # "sd" for Stable Diffusion 1.x / 2.x
+    components: dict[str, tuple[str, str]]  # folder -> (library, class)
+
+    def has(self, name: str) -> bool:
+        return name in self.components
+
+
+def load_model_index(model_dir: Path) -> ModelIndex:
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ConfigError(model_dir, None, "model folder not found", "pass a diffusers-format folder")
+    path = model_dir / "model_index.json"
+    data = read_json(path)
+    cls = data.get("_class_name")
+    if not isinstance(cls, str):
+        raise ConfigError(path, "_class_name", "missing pipeline class", "is this a diffusers pipeline folder?")
+    if cls not in SUPPORTED_PIPELINES:
+        raise UnsupportedConfigError(path, "_class_name", cls, ", ".join(sorted(SUPPORTED_PIPELINES)))
+    components = {}
+    for key, value in data.items():
+        if key.startswith("_") or not isinstance(value, list) or len(value) != 2:
+            continue
+        if value[0] is None or value[1] is None:
+            continue  # optional component left out (e.g. safety_checker)
+        components[key] = (str(value[0]), str(value[1]))
+    for required in ("text_encoder", "tokenizer", "unet", "vae", "scheduler"):
+        if required not in components:
+            raise ConfigError(path, required, "component missing", "the pipeline needs it")
+    return ModelIndex(model_dir, cls, SUPPORTED_PIPELINES[cls], components)
+
+
+# ----------------------------------------------------------------------------- CLIP text encoder
+
+
+@dataclass(frozen=True)
+class CLIPTextConfig:
+    path: Path
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    max_position_embeddings: int
+    hidden_act: str  # "quick_gelu" (SD 1.x, CLIP ViT-L) or "gelu" (SD 2.x, OpenCLIP)
+    layer_norm_eps: float
+    eos_token_id: int
+    with_projection: bool  # CLIPTextModelWithProjection (SDXL text_encoder_2): adds text_embeds
+    projection_dim: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def load_clip_config(path: Path) -> CLIPTextConfig:
+    path = Path(path)
+    r = _Reader(path, read_json(path))
+    arch = r.get("architectures", ["CLIPTextModel"], list) or ["CLIPTextModel"]
+    if arch[0] not in ("CLIPTextModel", "CLIPTextModelWithProjection"):
+        raise UnsupportedConfigError(path, "architectures", arch[0], "CLIPTextModel, CLIPTextModelWithProjection")
+    hidden = r.require("hidden_size", int)
+    heads = r.require("num_attention_heads", int)
+    if hidden % heads:
+        raise ConfigError(path, "num_attention_heads", f"{heads} does not divide hidden_size {hidden}")
+    # transformers configs carry many generic keys (dropout, torch_dtype, ...): not refused.
+    return CLIPTextConfig(
+        path=path,
+        vocab_size=r.require("vocab_size", int),
+        hidden_size=hidden,
+        intermediate_size=r.require("intermediate_size", int),
+        num_hidden_layers=r.require("num_hidden_layers", int),
+        num_attention_heads=heads,
+        max_position_embeddings=r.get("max_position_embeddings", 77, int),
+        hidden_act=r.only("hidden_act", ("quick_gelu", "gelu"), "quick_gelu"),
+        layer_norm_eps=r.get("layer_norm_eps", 1e-5, float),
+        eos_token_id=r.get("eos_token_id", 2, int),
+        with_projection=arch[0] == "CLIPTextModelWithProjection",
+        projection_dim=r.get("projection_dim", hidden, int),
+    )
+
+
+# ----------------------------------------------------------------------------- UNet
+
+
+UNET_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
+UNET_UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """UNet2DConditionModel options, per-block lists already expanded (index = down block index)."""
+
+    path: Path
+    in_channels: int
+    out_channels: int
+    sample_size: int
+    down_block_types: tuple[str, ...]
+    up_block_types: tuple[str, ...]
+    mid_block_type: str | None  # "UNetMidBlock2DCrossAttn" or None
+    block_out_channels: tuple[int, ...]
+    layers_per_block: tuple[int, ...]
+    transformer_layers_per_block: tuple[int, ...]
+    num_attention_heads: tuple[int, ...]  # diffusers' `attention_head_dim` means heads (SD 1.x/2.x)
+    cross_attention_dim: tuple[int, ...]
+    use_linear_projection: bool
+    upcast_attention: bool
+    flip_sin_to_cos: bool
+    freq_shift: float
+    norm_num_groups: int
+    norm_eps: float
+    act_fn: str
+    downsample_padding: int
+    mid_block_scale_factor: float
+    center_input_sample: bool
+    conv_in_kernel: int
+    conv_out_kernel: int
+    time_embedding_dim: int
+    addition_embed_type: str | None = None  # "text_time" for SDXL
+    addition_time_embed_dim: int | None = None
+    projection_class_embeddings_input_dim: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def load_unet_config(path: Path) -> UNetConfig:
+    path = Path(path)
+    r = _Reader(path, read_json(path))
+    down = tuple(r.require("down_block_types", list))
+    up = tuple(r.require("up_block_types", list))
+    for key, types, allowed in (("down_block_types", down, UNET_DOWN_BLOCKS), ("up_block_types", up, UNET_UP_BLOCKS)):
+        for t in types:
+            if t not in allowed:
+                raise UnsupportedConfigError(path, key, t, ", ".join(allowed))
+    n = len(down)
+    if len(up) != n:
+        raise ConfigError(path, "up_block_types", f"{len(up)} up blocks for {n} down blocks")
+    boc = tuple(r.require("block_out_channels", list))
+    if len(boc) != n:
+        raise ConfigError(path, "block_out_channels", f"{len(boc)} values for {n} down blocks")
+    groups = r.get("norm_num_groups", 32, int)
+    for c in boc:
+        if groups and c % groups:
+            raise ConfigError(path, "norm_num_groups", f"{groups} does not divide block channels {c}")
+    if r.get("num_attention_heads", None) is not None:
+        # diffusers itself refuses this for UNet2DConditionModel.
+        raise UnsupportedConfigError(path, "num_attention_heads", r.data["num_attention_heads"], "attention_head_dim")
+    heads = r.per_block("attention_head_dim", r.get("attention_head_dim", 8), n, int)
+    addition = r.only("addition_embed_type", (None,), None, "no addition embedding (SD 1.x / 2.x)")
+    for key, default, allowed in (
+        ("class_embed_type", None, (None,)),
+        ("num_class_embeds", None, (None,)),
+        ("encoder_hid_dim", None, (None,)),
+        ("encoder_hid_dim_type", None, (None,)),
+        ("time_cond_proj_dim", None, (None,)),
+        ("timestep_post_act", None, (None,)),
+        ("time_embedding_act_fn", None, (None,)),
+        ("cross_attention_norm", None, (None,)),
+        ("dual_cross_attention", False, (False,)),
+        ("resnet_skip_time_act", False, (False,)),
+        ("class_embeddings_concat", False, (False,)),
+        ("resnet_time_scale_shift", "default", ("default",)),
+        ("time_embedding_type", "positional", ("positional",)),
+        ("attention_type", "default", ("default",)),
+        ("resnet_out_scale_factor", 1.0, (1.0, 1)),
+        ("reverse_transformer_layers_per_block", None, (None,)),
+        ("addition_embed_type_num_heads", 64, (64,)),  # only used with addition_embed_type="text_image"
+        ("mid_block_only_cross_attention", None, (None, False)),
+    ):
+        r.only(key, allowed, default)
+    oca = r.get("only_cross_attention", False)
+    if any(r.per_block("only_cross_attention", oca, n, bool)):
+        raise UnsupportedConfigError(path, "only_cross_attention", oca, "only_cross_attention: false")
+    mid = r.only("mid_block_type", ("UNetMidBlock2DCrossAttn", None), "UNetMidBlock2DCrossAttn")
+    act = r.only("act_fn", ("silu", "swish"), "silu")
+    k_in, k_out = r.get("conv_in_kernel", 3, int), r.get("conv_out_kernel", 3, int)
+    for key, k in (("conv_in_kernel", k_in), ("conv_out_kernel", k_out)):
+        if k % 2 == 0:
+            raise UnsupportedConfigError(path, key, k, "odd kernel sizes")
+    r.get("dropout", 0.0)  # inference only: dropout is the identity
+    r.get("projection_class_embeddings_input_dim", None)
+    r.get("addition_time_embed_dim", None)
+    cfg = UNetConfig(
+        path=path,
+        in_channels=r.get("in_channels", 4, int),
+        out_channels=r.get("out_channels", 4, int),
+        sample_size=r.get("sample_size", 64, int) or 64,
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type=mid,
+        block_out_channels=boc,
+        layers_per_block=r.per_block("layers_per_block", r.get("layers_per_block", 2), n, int),
+        transformer_layers_per_block=r.per_block(
+            "transformer_layers_per_block", r.get("transformer_layers_per_block", 1), n, int
+        ),
+        num_attention_heads=heads,
+        cross_attention_dim=r.per_block("cross_attention_dim", r.get("cross_attention_dim", 1280), n, int),
+        use_linear_projection=bool(r.get("use_linear_projection", False, bool)),
+        upcast_attention=bool(r.get("upcast_attention", False, bool)),
+        flip_sin_to_cos=bool(r.get("flip_sin_to_cos", True, bool)),
+        freq_shift=r.get("freq_shift", 0, float),
+        norm_num_groups=groups,
+        norm_eps=r.get("norm_eps", 1e-5, float),
+        act_fn=act,
+        downsample_padding=r.get("downsample_padding", 1, int),
+        mid_block_scale_factor=r.get("mid_block_scale_factor", 1.0, float),
+        center_input_sample=bool(r.get("center_input_sample", False, bool)),
+        conv_in_kernel=k_in,
+        conv_out_kernel=k_out,
+        time_embedding_dim=r.get("time_embedding_dim", None, int) or boc[0] * 4,
+        addition_embed_type=addition,
+    )
+    r.refuse_unknown()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- VAE
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    path: Path
+    in_channels: int
+    out_channels: int
+    latent_channels: int
+    down_block_types: tuple[str, ...]
+    up_block_types: tuple[str, ...]
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    norm_num_groups: int
+    act_fn: str
+    sample_size: int
+    scaling_factor: float
+    shift_factor: float | None
+    use_quant_conv: bool
+    use_post_quant_conv: bool
+    mid_block_add_attention: bool
+    force_upcast: bool
+
+    @property
+    def downscale(self) -> int:
+        """Image pixels per latent pixel (8 for SD)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+def load_vae_config(path: Path) -> VAEConfig:
+    path = Path(path)
+    r = _Reader(path, read_json(path))
+    down = tuple(r.get("down_block_types", ["DownEncoderBlock2D"], list))
+    up = tuple(r.get("up_block_types", ["UpDecoderBlock2D"], list))
+    for key, types, allowed in (("down_block_types", down, "DownEncoderBlock2D"), ("up_block_types", up, "UpDecoderBlock2D")):
+        for t in types:
+            if t != allowed:
+                raise UnsupportedConfigError(path, key, t, allowed)
+    boc = tuple(r.get("block_out_channels", [64], list))
+    if not (len(boc) == len(down) == len(up)):
+        raise ConfigError(path, "block_out_channels", f"{len(boc)} values for {len(down)} down / {len(up)} up blocks")
+    for key in ("latents_mean", "latents_std"):
+        r.get(key, None)  # used by SDXL/SD3 pipelines, not by the VAE computation
+    cfg = VAEConfig(
+        path=path,
+        in_channels=r.get("in_channels", 3, int),
+        out_channels=r.get("out_channels", 3, int),
+        latent_channels=r.get("latent_channels", 4, int),
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=boc,
+        layers_per_block=r.get("layers_per_block", 1, int),
+        norm_num_groups=r.get("norm_num_groups", 32, int),
+        act_fn=r.only("act_fn", ("silu", "swish"), "silu"),
+        sample_size=r.get("sample_size", 512, int) or 512,
+        scaling_factor=r.get("scaling_factor", 0.18215, float),
+        shift_factor=r.get("shift_factor", None, float),
+        use_quant_conv=bool(r.get("use_quant_conv", True, bool)),
+        use_post_quant_conv=bool(r.get("use_post_quant_conv", True, bool)),
+        mid_block_add_attention=bool(r.get("mid_block_add_attention", True, bool)),
+        force_upcast=bool(r.get("force_upcast", True, bool)),
+    )
+    r.refuse_unknown()
+    return cfg
