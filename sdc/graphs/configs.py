@@ -68,11 +68,14 @@ class _Reader:
 
     def per_block(self, key: str, value: Any, n: int, types: type) -> tuple:
         """Expand an int-or-list option to one value per block, checking list length."""
+        def ok(v: Any) -> bool:
+            return isinstance(v, types) and (types is bool or not isinstance(v, bool))
+
         if isinstance(value, (list, tuple)):
-            if len(value) != n or not all(isinstance(v, types) and not isinstance(v, bool) for v in value):
+            if len(value) != n or not all(ok(v) for v in value):
                 raise ConfigError(self.path, key, f"expected {n} values of type {types.__name__}, got {value!r}")
             return tuple(value)
-        if not isinstance(value, types) or isinstance(value, bool):
+        if not ok(value):
             raise ConfigError(self.path, key, f"expected {types.__name__} or list, got {value!r}")
         return (value,) * n
 

@@ -1,0 +1,118 @@
+"""`sdc build` as a function: runs the stages in order over every submodel, into a temp dir, atomically.
+
+Stages are plain functions `stage(ctx, sub)`; this module only sequences them, times them, reports
+progress, and guarantees that a failed build leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from sdc.compile.context import BuildContext, BuildOptions, SubmodelBuild
+from sdc.errors import ConfigError
+
+SD_SUBMODELS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
+
+
+class Reporter:
+    """Progress hooks; the CLI's rich reporter overrides these. The default prints one line per step."""
+
+    @contextlib.contextmanager
+    def step(self, stage: str, submodel: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        print(f"  {stage:10s} {submodel:16s} {time.perf_counter() - t0:6.1f}s")
+
+    def log(self, message: str) -> None:
+        print(message)
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    manifest: dict
+    seconds: dict[str, float]  # per stage, all submodels together
+    warnings: list[str]
+
+
+def _stages() -> list[tuple[str, Callable]]:
+    from sdc.compile.export import export_stage
+    from sdc.compile.trace import load_stage, reference_stage, trace_stage
+    from sdc.compile.validate import validate_stage
+
+    return [("load", load_stage), ("reference", reference_stage), ("trace", trace_stage),
+            ("export", export_stage), ("validate", validate_stage)]
+
+
+def plan_submodels(model_dir: Path, index, options: BuildOptions) -> list[str]:
+    """Which submodels this pipeline has (vae splits into encoder and decoder)."""
+    present = [n for n in SD_SUBMODELS if index.has("vae" if n.startswith("vae_") else n)]
+    if options.submodels is None:
+        return present
+    unknown = [n for n in options.submodels if n not in present]
+    if unknown:
+        raise ConfigError(model_dir / "model_index.json", None, f"no submodel {', '.join(unknown)}",
+                          f"this pipeline has {', '.join(present)}")
+    return list(options.submodels)
+
+
+def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), force: bool = False,
+          reporter: Reporter | None = None) -> BuildResult:
+    from sdc.compile.bundle import bundle_stage, check_output
+    from sdc.graphs import folder_of, load_config
+    from sdc.graphs.configs import load_model_index
+    from sdc.graphs.specs import spec_for
+    from sdc.graphs.weights import find_weight_files, weights_sha256
+
+    reporter = reporter or Reporter()
+    model_dir, out = Path(model_dir), Path(out)
+    check_output(out, force)
+    index = load_model_index(model_dir)
+    names = plan_submodels(model_dir, index, options)
+    subs = {}
+    for name in names:  # parse every config first: a bad config fails before any slow work
+        cfg = load_config(model_dir, name)
+        subs[name] = SubmodelBuild(name, spec_for(name, cfg), cfg)
+    weight_files = sorted({f for n in names for f in find_weight_files(model_dir / folder_of(n), options.allow_pickle)})
+
+    import paddle  # only now: every check that can fail fast has run
+
+    paddle.set_device("cpu")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    scratch = Path(tempfile.mkdtemp(prefix="sdc-build-"))
+    ctx = BuildContext(model_dir, out, work, scratch, index, options, subs, log=reporter.log)
+    seconds: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        ctx.weights_sha256 = weights_sha256(weight_files)
+        seconds["hash"] = time.perf_counter() - t0
+        for stage_name, stage in _stages():
+            for sub in subs.values():
+                t0 = time.perf_counter()
+                with reporter.step(stage_name, sub.name):
+                    stage(ctx, sub)
+                dt = time.perf_counter() - t0
+                sub.seconds[stage_name] = dt
+                seconds[stage_name] = seconds.get(stage_name, 0.0) + dt
+        for sub in subs.values():
+            sub.layer = None  # free the Paddle modules before hashing gigabytes
+        t0 = time.perf_counter()
+        with reporter.step("bundle", out.name):
+            manifest = bundle_stage(ctx)
+        seconds["bundle"] = time.perf_counter() - t0
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return BuildResult(out, manifest, seconds, ctx.warnings)
+
+

@@ -1,0 +1,143 @@
+"""Stage `bundle`: tokenizer, scheduler config, manifest and checksums, then the atomic rename into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sdc import __version__
+from sdc.compile.context import BuildContext
+from sdc.errors import InputError
+from sdc.graphs import folder_of
+from sdc.graphs.configs import read_json
+from sdc.runtime.bundle import (
+    FORMAT, FORMAT_VERSION, MANIFEST, SCHEDULER_CONFIG, SUMMARY, TOKENIZER_DIRS, file_table,
+)
+
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 7.5
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse to overwrite unless asked: decided before any work so a failed build leaves nothing."""
+    if out.exists() and not force:
+        raise InputError(f"{out}: already exists; pass --force to replace it")
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise InputError(f"{out}: exists and is not an sdc bundle; refusing to replace it, choose another path")
+
+
+def copy_assets(ctx: BuildContext) -> None:
+    """Tokenizers and the scheduler config, copied as they are (they are small and the runtime reads them)."""
+    for sub_name, tok_dir in TOKENIZER_DIRS.items():
+        src = ctx.model_dir / tok_dir
+        if sub_name in ctx.submodels and src.is_dir():
+            dst = ctx.work / tok_dir
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in sorted(src.iterdir()):
+                if f.is_file() and f.suffix in (".json", ".txt", ".model"):
+                    shutil.copyfile(f, dst / f.name)
+    sched = ctx.model_dir / "scheduler" / "scheduler_config.json"
+    read_json(sched)  # fails with a clear message when missing or broken
+    (ctx.work / SCHEDULER_CONFIG).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sched, ctx.work / SCHEDULER_CONFIG)
+
+
+def pipeline_config(ctx: BuildContext) -> dict:
+    """Facts about the source the runtime pipeline needs (VAE scaling, latent geometry)."""
+    from sdc.graphs import load_config
+
+    unet = load_config(ctx.model_dir, "unet")
+    vae = load_config(ctx.model_dir, "vae_decoder")
+    return {
+        "vae_scaling_factor": vae.scaling_factor,
+        "vae_shift_factor": vae.shift_factor,
+        "vae_downscale": vae.downscale,
+        "latent_channels": vae.latent_channels,
+        "unet_in_channels": unet.in_channels,
+        "unet_out_channels": unet.out_channels,
+        "unet_sample_size": unet.sample_size,
+        "unet_latent_multiple": 2 ** (len(unet.block_out_channels) - 1),
+    }
+
+
+def manifest_for(ctx: BuildContext, files: dict) -> dict:
+    config = pipeline_config(ctx)
+    size = config["unet_sample_size"] * config["vae_downscale"]
+    sched = read_json(ctx.work / SCHEDULER_CONFIG)
+    submodels = {}
+    for name, sub in ctx.submodels.items():
+        submodels[name] = dict(
+            sub.spec.to_json(),
+            source_folder=folder_of(name),
+            artifacts=[
+                {
+                    "target": a.target, "precision": a.precision, "path": a.path, "data_path": a.data_path,
+                    "sha256": files[a.path]["sha256"], "bytes": files[a.path]["bytes"]
+                    + (files[a.data_path]["bytes"] if a.data_path else 0),
+                    "passes": a.passes, "validation": a.validation.to_json() if a.validation else None,
+                }
+                for a in sub.artifacts
+            ],
+            engines=[],
+        )
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sdc_version": __version__,
+        "created_by": f"sdc {__version__} build",
+        "created_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "source": {
+            "family": ctx.index.family,
+            "pipeline_class": ctx.index.pipeline_class,
+            "name": ctx.model_dir.resolve().name,
+            "weights_sha256": ctx.weights_sha256,
+        },
+        "pipeline": config,
+        "defaults": {
+            "scheduler": sched.get("_class_name"),
+            "height": size, "width": size,
+            "steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE,
+        },
+        "submodels": submodels,
+        "files": files,
+    }
+
+
+def summary_text(manifest: dict) -> str:
+    """A human-readable page beside the manifest (no timings: it must hash the same on every build)."""
+    lines = [f"sdc bundle of {manifest['source']['name']} ({manifest['source']['pipeline_class']})",
+             f"format {manifest['format']} v{manifest['format_version']}, sdc {manifest['sdc_version']}", ""]
+    for name, sub in manifest["submodels"].items():
+        for a in sub["artifacts"]:
+            v = a["validation"] or {}
+            lines.append(f"{name:16s} {a['target']}/{a['precision']:5s} {a['bytes'] / 2**20:9.1f} MiB  "
+                         f"max abs err {v.get('max_abs', float('nan')):.2e}  {'ok' if v.get('passed') else 'FAILED'}")
+    return "\n".join(lines) + "\n"
+
+
+def bundle_stage(ctx: BuildContext) -> dict:
+    """Write assets, summary and manifest into the work dir, then rename it to the output path."""
+    t0 = time.perf_counter()
+    copy_assets(ctx)
+    draft = manifest_for(ctx, file_table(ctx.work, with_hash=False))  # sizes only: the summary has no hashes
+    (ctx.work / SUMMARY).write_text(summary_text(draft))
+    manifest = manifest_for(ctx, file_table(ctx.work))
+    (ctx.work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    replace_dir(ctx.work, ctx.out)
+    ctx.log(f"bundle written in {time.perf_counter() - t0:.1f}s")
+    return manifest
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished bundle into place; an old bundle is removed only after the new one is there."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

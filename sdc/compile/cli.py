@@ -1,0 +1,261 @@
+"""The `sdc` command line: build, generate, inspect, verify.
+
+Heavy imports (paddle, onnx, onnxruntime) happen inside the commands, so `sdc --help` is fast and
+works without Paddle. Known errors (`SdcError`) print one line and exit 1; anything else is a bug and
+shows its traceback only with SDC_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sdc.errors import SdcError
+
+app = typer.Typer(
+    help="sdc: compile Stable Diffusion checkpoints (diffusers format) into validated ONNX bundles, and run them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+BundleArg = Annotated[Path, typer.Argument(help="Path of an sdc bundle (a folder ending in .bundle).")]
+ProviderOpt = Annotated[str, typer.Option("--provider", help="ONNX Runtime provider: auto, cpu, cuda, tensorrt.")]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _finish(ok: bool, t0: float) -> None:
+    """Polygraphy-style last line: status, runtime, the command itself."""
+    cmd = " ".join(shlex.quote(a) for a in ["sdc", *sys.argv[1:]])
+    _console().print(f"{'PASSED' if ok else 'FAILED'} | Runtime: {time.perf_counter() - t0:.1f}s | Command: {cmd}")
+
+
+class _RichReporter:
+    """One status line per stage and submodel while it runs, a checked line when it ends."""
+
+    def __init__(self, console):
+        self.console = console
+
+    def step(self, stage: str, submodel: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            t0 = time.perf_counter()
+            with self.console.status(f"{stage} {submodel} ..."):
+                yield
+            self.console.print(f"  [green]✓[/] {stage:10s} {submodel:16s} {time.perf_counter() - t0:7.1f}s")
+
+        return cm()
+
+    def log(self, message: str) -> None:
+        self.console.print(f"  {message}")
+
+
+@app.command()
+def build(
+    model_dir: Annotated[Path, typer.Argument(help="A diffusers-format Stable Diffusion folder (model_index.json).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Bundle to write, e.g. out/sd15.bundle.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).", min=17)] = 17,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Build only these submodels (repeatable).")] = None,
+    fail_on_validation: Annotated[
+        bool, typer.Option("--fail-on-validation/--no-fail-on-validation", help="Fail when an artifact is off.")
+    ] = True,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Load .bin/.ckpt pickle weights (runs code from the file!).")
+    ] = False,
+) -> None:
+    """Build a validated, checksummed bundle from a diffusers checkpoint.
+
+    Stages per submodel: load weights, reference outputs (Paddle), trace to a static program, export
+    ONNX, validate ONNX Runtime against Paddle at two shapes per dynamic axis; then write the bundle
+    atomically. An artifact over tolerance fails the build.
+    """
+    from sdc.compile.build import build as run_build
+    from sdc.compile.context import BuildOptions
+
+    t0 = time.perf_counter()
+    console = _console()
+    console.print(f"[bold]sdc build[/] {model_dir} -> {out}")
+    options = BuildOptions(opset=opset, fail_on_validation=fail_on_validation, allow_pickle=allow_pickle,
+                           submodels=tuple(only) if only else None)
+    result = run_build(model_dir, out, options, force=force, reporter=_RichReporter(console))
+    _print_summary(console, result)
+    for w in result.warnings:
+        console.print(f"[bold red]WARNING[/] {w}")
+    _finish(not result.warnings, t0)
+
+
+def _print_summary(console, result) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.out}", show_lines=False)
+    for col in ("submodel", "artifact", "size", "max abs err", "tolerance", "status"):
+        table.add_column(col, justify="right" if col in ("size", "max abs err") else "left")
+    for name, sub in result.manifest["submodels"].items():
+        for a in sub["artifacts"]:
+            v = a["validation"] or {}
+            table.add_row(name, f"{a['target']}/{a['precision']}", f"{a['bytes'] / 2**20:.1f} MiB",
+                          f"{v.get('max_abs', float('nan')):.2e}", f"{v.get('atol', 0):g}+{v.get('rtol', 0):g}·|ref|",
+                          "[green]ok[/]" if v.get("passed") else "[red]FAILED[/]")
+    console.print(table)
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    console.print(f"stage times: {times}")
+
+
+@app.command()
+def generate(
+    bundle: BundleArg,
+    prompt: Annotated[str, typer.Argument(help="Text prompt.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="PNG file to write.")] = Path("out.png"),
+    negative: Annotated[str, typer.Option("--negative", help="Negative prompt.")] = "",
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Inference steps (bundle default).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (numpy).")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", help="Image height, a multiple of 8.")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Image width, a multiple of 8.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm, unipc, or a diffusers class name.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Init image for image-to-image.")] = None,
+    strength: Annotated[float, typer.Option("--strength", help="Image-to-image strength in (0, 1].")] = 0.8,
+    latents: Annotated[Optional[Path], typer.Option("--latents", help="Initial latents (.npy) for exact reproduction.")] = None,
+    provider: ProviderOpt = "auto",
+    verify: Annotated[str, typer.Option("--verify", help="Checksum check on load: full, sizes, none.")] = "sizes",
+) -> None:
+    """Generate an image from a bundle (ONNX Runtime; Paddle is not needed)."""
+    import numpy as np
+    from rich.progress import Progress
+
+    import sdc.runtime
+    from sdc.errors import InputError
+
+    t0 = time.perf_counter()
+    pipe = sdc.runtime.load(bundle, provider=provider, verify=verify)
+    init = None
+    if image is not None:
+        from PIL import Image
+
+        if not image.is_file():
+            raise InputError(f"{image}: init image not found")
+        init = Image.open(image).convert("RGB")
+    lat = None
+    if latents is not None:
+        if not latents.is_file() or latents.suffix != ".npy":
+            raise InputError(f"{latents}: expected an existing .npy file of initial latents")
+        lat = np.load(latents, allow_pickle=False)
+    params = dict(prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=guidance,
+                  seed=seed, height=height, width=width, scheduler=scheduler)
+    params = {k: v for k, v in params.items() if v is not None}
+    with Progress(transient=True, console=_console()) as progress:
+        task = progress.add_task("denoising", total=None)
+        images = pipe(**params, image=init, strength=strength, latents=lat, output_type="pil",
+                      callback=lambda i, n, *a: progress.update(task, completed=i + 1, total=n))
+    _save_png(images[0], out, dict(params, bundle=str(bundle), strength=strength if init else None,
+                                   latents=str(latents) if latents else None, image=str(image) if image else None))
+    _console().print(f"wrote {out}")
+    _finish(True, t0)
+
+
+def _save_png(img, path: Path, params: dict) -> None:
+    """PNG with the generation parameters in a text chunk, so an image says how it was made."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from sdc import __version__
+
+    info = PngInfo()
+    record = {k: v for k, v in params.items() if v is not None}
+    info.add_text("sdc", json.dumps(dict(record, sdc_version=__version__)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, pnginfo=info)
+
+
+@app.command()
+def inspect(
+    bundle: BundleArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show what a bundle holds: submodels, I/O contracts, artifacts, sizes, validation errors."""
+    import json
+
+    from sdc.runtime.bundle import read_manifest
+
+    manifest = read_manifest(bundle)
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    src = manifest["source"]
+    console.print(f"[bold]{bundle}[/]  {src['pipeline_class']} ({src['family']}), format v{manifest['format_version']}, "
+                  f"sdc {manifest['sdc_version']}, created {manifest['created_at']}")
+    d = manifest["defaults"]
+    console.print(f"defaults: {d['scheduler']}, {d['width']}x{d['height']}, {d['steps']} steps, guidance {d['guidance_scale']}")
+    table = Table()
+    for col in ("submodel", "inputs", "outputs", "artifact", "size", "max abs err"):
+        table.add_column(col)
+    for name, sub in manifest["submodels"].items():
+        io = lambda ts: "\n".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in ts)  # noqa: E731
+        for a in sub["artifacts"]:
+            v = a.get("validation") or {}
+            table.add_row(name, io(sub["inputs"]), io(sub["outputs"]), f"{a['target']}/{a['precision']}\n{a['path']}",
+                          f"{a['bytes'] / 2**20:.1f} MiB", f"{v.get('max_abs', float('nan')):.2e}")
+    console.print(table)
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    console.print(f"{len(manifest['files'])} files, {total / 2**20:.1f} MiB")
+
+
+@app.command()
+def verify(
+    bundle: BundleArg,
+    numerics: Annotated[bool, typer.Option("--numerics", help="Also re-run the validation inputs in ONNX Runtime.")] = False,
+    provider: ProviderOpt = "cpu",
+) -> None:
+    """Check every file's sha256 against the manifest (and, with --numerics, the recorded outputs)."""
+    from sdc.runtime.bundle import read_manifest, verify_files
+    from sdc.runtime.verify import verify_numerics
+
+    t0 = time.perf_counter()
+    console = _console()
+    manifest = read_manifest(bundle)
+    extra = verify_files(bundle, manifest, full=True)
+    console.print(f"  [green]✓[/] {len(manifest['files'])} files match their sha256")
+    ok = True
+    if extra:
+        ok = False
+        console.print(f"  [red]✗[/] files not in the manifest: {', '.join(extra)}")
+    if numerics:
+        for line, passed in verify_numerics(bundle, manifest, provider):
+            ok &= passed
+            console.print(f"  {'[green]✓[/]' if passed else '[red]✗[/]'} {line}")
+    _finish(ok, t0)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point: run the app, mapping known errors to one line and exit code 1."""
+    try:
+        app()
+    except SdcError as e:
+        if os.environ.get("SDC_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,74 @@
+"""The typed build context that stages pass along: options in, per-submodel results accumulated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sdc.graphs.configs import ModelIndex
+from sdc.graphs.specs import SubmodelSpec
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    opset: int = 17
+    fail_on_validation: bool = True  # False downgrades an over-tolerance artifact to a loud warning
+    allow_pickle: bool = False
+    submodels: tuple[str, ...] | None = None  # None: every submodel the pipeline has
+    external_data_threshold: int = 1 << 30  # bytes of weights above which they go to model.onnx.data
+
+
+@dataclass
+class Validation:
+    """One artifact's error against the Paddle module, over every sample shape."""
+
+    max_abs: float
+    max_rel: float
+    atol: float
+    rtol: float
+    shapes: list[dict[str, int]]
+    per_output: dict[str, float]
+    passed: bool
+
+    def to_json(self) -> dict:
+        return {
+            "max_abs": self.max_abs, "max_rel": self.max_rel, "atol": self.atol, "rtol": self.rtol,
+            "shapes": self.shapes, "per_output": self.per_output, "passed": self.passed,
+        }
+
+
+@dataclass
+class Artifact:
+    target: str  # portable | ort-cpu | ort-cuda | tensorrt
+    precision: str  # fp32 | fp16 | int8
+    path: str  # relative to the bundle root
+    data_path: str | None = None  # external weights, when present
+    passes: dict[str, int] = field(default_factory=dict)
+    validation: Validation | None = None
+
+
+@dataclass
+class SubmodelBuild:
+    name: str
+    spec: SubmodelSpec
+    config: Any
+    layer: Any = None  # the Paddle module (dygraph), reference for validation
+    program_prefix: Path | None = None  # static program written by trace
+    references: list = field(default_factory=list)  # [(dims, inputs, paddle outputs)] per sample shape
+    artifacts: list[Artifact] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BuildContext:
+    model_dir: Path
+    out: Path  # final bundle path
+    work: Path  # temporary bundle directory, renamed to `out` at the end
+    scratch: Path  # traced programs and other intermediates, not shipped
+    index: ModelIndex
+    options: BuildOptions
+    submodels: dict[str, SubmodelBuild] = field(default_factory=dict)
+    weights_sha256: str = ""
+    warnings: list[str] = field(default_factory=list)
+    log: Callable[[str], None] = print

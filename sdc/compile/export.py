@@ -1,0 +1,130 @@
+"""Stage `export`: paddle2onnx (in a subprocess) to a weightless graph, then weights, names and axes attached.
+
+One route for every size (DESIGN.md, known traps): paddle2onnx writes the graph without parameters,
+we attach them as initializers under their diffusers names (deterministic across builds, readable
+in Netron), name inputs/outputs and dynamic axes from the spec, and save with external data when the
+weights are large.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sdc.compile.context import Artifact, BuildContext, SubmodelBuild
+from sdc.errors import ExportError
+from sdc.runtime.bundle import model_path
+
+
+def run_paddle2onnx(program_json: Path, out: Path, opset: int, submodel: str) -> None:
+    """paddle2onnx in a child process; any failure becomes an ExportError naming the submodel."""
+    env = dict(os.environ, POLYGRAPHY_AUTOINSTALL_DEPS="0", GLOG_minloglevel="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdc.compile.p2o_worker", str(program_json), str(out), str(opset)],
+        capture_output=True, text=True, env=env,
+    )
+    if proc.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
+        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if "ERROR" in l or "Error" in l]
+        why = (lines[-1] if lines else (proc.stderr.strip().splitlines() or ["no output"])[-1]).strip()
+        raise ExportError(f"{submodel}: paddle2onnx failed (exit {proc.returncode}): {why[:300]}")
+
+
+def attach_weights(model, layer, submodel: str) -> int:
+    """Add the module's parameters as initializers named by their state-dict keys; returns total bytes."""
+    from onnx import numpy_helper
+
+    by_paddle_name = {}
+    for key, p in layer.named_parameters():
+        by_paddle_name[p.name] = (key, p)
+    for key, b in layer.named_buffers():
+        by_paddle_name[b.name] = (key, b)
+    graph = model.graph
+    produced = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    produced |= {o for n in graph.node for o in n.output}
+    renames: dict[str, str] = {}
+    total = 0
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if not name or name in produced:
+                continue
+            if name not in renames:
+                if name not in by_paddle_name:
+                    raise ExportError(f"{submodel}: exported graph reads {name!r}, which is no parameter of the module")
+                key, tensor = by_paddle_name[name]
+                arr = np.ascontiguousarray(tensor.numpy())
+                graph.initializer.append(numpy_helper.from_array(arr, name=key))
+                total += arr.nbytes
+                renames[name] = key
+            node.input[i] = renames[name]
+    return total
+
+
+def name_io(model, sub: SubmodelBuild) -> None:
+    """Inputs keep their InputSpec names; outputs `fetch_name_i` get the contract names; axes get dim names."""
+    graph = model.graph
+    spec = sub.spec
+    if [i.name for i in graph.input] != spec.input_names:
+        raise ExportError(f"{sub.name}: exported inputs {[i.name for i in graph.input]} != contract {spec.input_names}")
+    if len(graph.output) != len(spec.outputs):
+        raise ExportError(f"{sub.name}: exported {len(graph.output)} outputs, contract has {len(spec.outputs)}")
+    renames = {o.name: t.name for o, t in zip(graph.output, spec.outputs)}
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name in renames:
+                node.output[i] = renames[name]
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+    for value, t in list(zip(graph.input, spec.inputs)) + list(zip(graph.output, spec.outputs)):
+        value.name = t.name
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for d in t.shape:
+            dim = dims.add()
+            if isinstance(d, str):
+                dim.dim_param = d
+            else:
+                dim.dim_value = d
+
+
+def save_onnx(model, path: Path, external: bool) -> str | None:
+    """Write the model; weights go to `<name>.data` beside it when `external`. Returns the data file name."""
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()  # onnx.save_model appends to an existing data file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        return data.name
+    onnx.save_model(model, str(path))
+    return None
+
+
+def export_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
+    import onnx
+
+    t0 = time.perf_counter()
+    graph_only = ctx.scratch / sub.name / "graph.onnx"
+    run_paddle2onnx(Path(str(sub.program_prefix) + ".json"), graph_only, ctx.options.opset, sub.name)
+    model = onnx.load(str(graph_only))
+    total = attach_weights(model, sub.layer, sub.name)
+    name_io(model, sub)
+    model.producer_name, model.producer_version = "sdc", _version()
+    rel = model_path(sub.name)
+    data = save_onnx(model, ctx.work / rel, external=total > ctx.options.external_data_threshold)
+    sub.artifacts.append(Artifact("portable", "fp32", rel, data_path=f"{sub.name}/{data}" if data else None))
+    sub.seconds["export"] = time.perf_counter() - t0
+
+
+def _version() -> str:
+    from sdc import __version__
+
+    return __version__

@@ -1,0 +1,54 @@
+"""Stages `load`, `reference` and `trace`: Paddle modules from the checkpoint, their reference outputs,
+and static programs with named dynamic dims."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from sdc.compile.context import BuildContext, SubmodelBuild
+
+
+def load_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
+    """Build the Paddle module and load its weights (errors name the file and the fix)."""
+    from sdc.graphs import load
+
+    sub.layer = load(ctx.model_dir, sub.name, allow_pickle=ctx.options.allow_pickle)
+
+
+def reference_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
+    """Run the dygraph module on the spec's sample inputs: the numbers every artifact must reproduce.
+
+    Done before tracing because `to_static` rewrites the module's forward in place.
+    """
+    import paddle
+
+    cases = []
+    for i, dims in enumerate(sub.spec.sample_dims):
+        inputs = sub.spec.dummy_inputs(dims, seed=i)
+        with paddle.no_grad():
+            out = sub.layer(*[paddle.to_tensor(inputs[n]) for n in sub.spec.input_names])
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        if len(out) != len(sub.spec.outputs):
+            raise AssertionError(f"{sub.name}: module returned {len(out)} outputs, spec has {len(sub.spec.outputs)}")
+        outputs = {name: np.asarray(t.numpy(), dtype=np.float32) for name, t in zip(sub.spec.output_names, out)}
+        cases.append((dims, inputs, outputs))
+    sub.references = cases
+
+
+def trace_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
+    """`paddle.jit.to_static` with InputSpecs from the submodel spec; saves `<scratch>/<name>/model.json`."""
+    import paddle
+
+    t0 = time.perf_counter()
+    specs = [
+        paddle.static.InputSpec([None if isinstance(d, str) else d for d in t.shape], t.dtype, t.name)
+        for t in sub.spec.inputs
+    ]
+    static = paddle.jit.to_static(sub.layer, input_spec=specs, full_graph=True)
+    prefix = ctx.scratch / sub.name / "model"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paddle.jit.save(static, str(prefix))
+    sub.program_prefix = prefix
+    sub.seconds["trace"] = time.perf_counter() - t0

@@ -1,0 +1,77 @@
+"""Stage `validate`: every ONNX artifact in ONNX Runtime against the Paddle module at every sample shape.
+
+An artifact passes when, for every output, max|onnx - paddle| <= atol + rtol * max|paddle|. A failure
+fails the build (unless the user downgraded it to a warning): a silently wrong export (DESIGN.md's
+float64-epsilon trap) must never ship.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from sdc.compile.context import Artifact, BuildContext, SubmodelBuild, Validation
+from sdc.errors import ValidationError
+from sdc.runtime.bundle import validation_path
+from sdc.runtime.models import OnnxModel
+
+
+def compare(references: list, run, atol: float, rtol: float) -> Validation:
+    """Run `run(**inputs)` on each reference case and measure the worst error per output."""
+    per_output: dict[str, float] = {}
+    max_abs = max_rel = 0.0
+    ok = True
+    for dims, inputs, expected in references:
+        got = run(**inputs)
+        for name, ref in expected.items():
+            out = got[name]
+            if out.shape != ref.shape:
+                raise ValidationError(f"output {name} has shape {list(out.shape)}, Paddle gives {list(ref.shape)} at {dims}")
+            err = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
+            scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+            if not np.isfinite(err):
+                err = float("inf")
+            per_output[name] = max(per_output.get(name, 0.0), err)
+            max_abs = max(max_abs, err)
+            max_rel = max(max_rel, err / scale if scale > 0 else err)
+            ok &= err <= atol + rtol * scale
+    return Validation(max_abs, max_rel, atol, rtol, [d for d, _, _ in references], per_output, ok)
+
+
+def validate_artifact(ctx: BuildContext, sub: SubmodelBuild, art: Artifact) -> Validation:
+    model = OnnxModel(ctx.work / art.path, sub.spec.to_json(), ["CPUExecutionProvider"])
+    try:
+        v = compare(sub.references, model, sub.spec.atol, sub.spec.rtol)
+    except ValidationError as e:
+        raise ValidationError(f"{sub.name} ({art.target}/{art.precision}): {e}")
+    art.validation = v
+    if not v.passed:
+        worst = ", ".join(f"{k} {e:.3g}" for k, e in v.per_output.items())
+        msg = (f"{sub.name} ({art.target}/{art.precision}) differs from the Paddle module: max abs {v.max_abs:.3g} "
+               f"> tolerance (atol {v.atol:g} + rtol {v.rtol:g}·max|ref|) [{worst}]")
+        if ctx.options.fail_on_validation:
+            raise ValidationError(msg + "; the export is wrong (pass --no-fail-on-validation to keep it anyway)")
+        ctx.warnings.append("VALIDATION FAILED, kept because of --no-fail-on-validation: " + msg)
+    return v
+
+
+def save_validation_data(ctx: BuildContext, sub: SubmodelBuild) -> None:
+    """Store the inputs and Paddle outputs so `sdc verify --numerics` can re-check the bundle later."""
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for i, (_, inputs, outputs) in enumerate(sub.references):
+        tensors.update({f"{i}/input/{k}": np.ascontiguousarray(v) for k, v in inputs.items()})
+        tensors.update({f"{i}/output/{k}": np.ascontiguousarray(v) for k, v in outputs.items()})
+    path = ctx.work / validation_path(sub.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+
+
+def validate_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
+    t0 = time.perf_counter()
+    for art in sub.artifacts:
+        validate_artifact(ctx, sub, art)
+    save_validation_data(ctx, sub)
+    sub.seconds["validate"] = time.perf_counter() - t0

@@ -1,0 +1,163 @@
+"""Each submodel's I/O contract: names, dtypes, named dynamic dims, dummy inputs, validation tolerance.
+
+Tracing builds its InputSpecs from here, export names the ONNX axes from here, validation draws its
+inputs from here, and the runtime reads the same contract back from the manifest. A dynamic dim is a
+string; the same name means the same size everywhere in one bundle (`height`/`width` are image
+pixels, `latent_height`/`latent_width` latent pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sdc.graphs.configs import CLIPTextConfig, UNetConfig, VAEConfig
+
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: float32 / int64
+    shape: tuple[Dim, ...]
+
+    def concrete(self, dims: dict[str, int]) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else dims[d] for d in self.shape)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class SubmodelSpec:
+    """The contract of one submodel, plus what validation needs to exercise it."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # Validation passes when max|onnx - paddle| <= atol + rtol * max|paddle| for every output.
+    atol: float
+    rtol: float
+    # At least two sizes for every dynamic dim: validation runs one case per entry.
+    sample_dims: tuple[dict[str, int], ...]
+    extra: dict = field(default_factory=dict)  # family facts dummy inputs need (token ids, ...)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def dynamic_dims(self) -> set[str]:
+        return {d for t in self.inputs + self.outputs for d in t.shape if isinstance(d, str)}
+
+    def dummy_inputs(self, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+        """Inputs of the given sizes with realistic value ranges (token ids, timesteps, images in [-1, 1])."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for t in self.inputs:
+            shape = t.concrete(dims)
+            if t.name == "input_ids":
+                out[t.name] = _token_ids(shape, rng, **self.extra)
+            elif t.name == "timestep":
+                out[t.name] = rng.uniform(0, 1000, shape).astype(np.float32)
+            elif t.name == "sample" and self.name == "vae_encoder":
+                out[t.name] = rng.uniform(-1, 1, shape).astype(np.float32)
+            else:
+                out[t.name] = rng.standard_normal(shape).astype(t.dtype)
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+
+def _token_ids(shape: tuple[int, int], rng, vocab_size: int, bos: int, eos: int, pad: int) -> np.ndarray:
+    """BOS, random words, EOS, then padding: what a tokenizer really feeds the encoder."""
+    b, s = shape
+    ids = np.full((b, s), pad, dtype=np.int64)
+    for i in range(b):
+        n = int(rng.integers(0, max(1, s - 2)))
+        ids[i, 0] = bos
+        ids[i, 1 : 1 + n] = rng.integers(0, min(vocab_size, bos), n)
+        ids[i, min(1 + n, s - 1)] = eos
+    return ids
+
+
+def clip_spec(cfg: CLIPTextConfig, name: str = "text_encoder") -> SubmodelSpec:
+    hs = ("batch", "sequence", cfg.hidden_size)
+    outputs = [TensorSpec("last_hidden_state", "float32", hs), TensorSpec("pooler_output", "float32", ("batch", cfg.hidden_size))]
+    if cfg.with_projection:
+        outputs.append(TensorSpec("text_embeds", "float32", ("batch", cfg.projection_dim)))
+    outputs.append(TensorSpec("hidden_states_penultimate", "float32", hs))
+    s = cfg.max_position_embeddings
+    return SubmodelSpec(
+        name=name,
+        inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),),
+        outputs=tuple(outputs),
+        atol=1e-4,
+        rtol=1e-4,
+        sample_dims=({"batch": 1, "sequence": s}, {"batch": 2, "sequence": min(s, 16)}),
+        extra=dict(vocab_size=cfg.vocab_size, bos=min(49406, cfg.vocab_size - 2), eos=min(49407, cfg.vocab_size - 1),
+                   pad=min(49407, cfg.vocab_size - 1)),
+    )
+
+
+def unet_multiple(cfg: UNetConfig) -> int:
+    """Latent sizes must be multiples of this for the skip connections to line up."""
+    return 2 ** (len(cfg.block_out_channels) - 1)
+
+
+def unet_spec(cfg: UNetConfig) -> SubmodelSpec:
+    m = unet_multiple(cfg)
+    return SubmodelSpec(
+        name="unet",
+        inputs=(
+            TensorSpec("sample", "float32", ("batch", cfg.in_channels, "latent_height", "latent_width")),
+            TensorSpec("timestep", "float32", ("batch",)),
+            TensorSpec("encoder_hidden_states", "float32", ("batch", "sequence", cfg.cross_attention_dim[0])),
+        ),
+        outputs=(TensorSpec("out_sample", "float32", ("batch", cfg.out_channels, "latent_height", "latent_width")),),
+        atol=1e-4,
+        rtol=1e-4,
+        sample_dims=(
+            {"batch": 1, "latent_height": 2 * m, "latent_width": 2 * m, "sequence": 77},
+            {"batch": 2, "latent_height": 2 * m, "latent_width": 3 * m, "sequence": 16},
+        ),
+    )
+
+
+def vae_encoder_spec(cfg: VAEConfig) -> SubmodelSpec:
+    d = cfg.downscale
+    return SubmodelSpec(
+        name="vae_encoder",
+        inputs=(TensorSpec("sample", "float32", ("batch", cfg.in_channels, "height", "width")),),
+        outputs=(TensorSpec("latent_parameters", "float32", ("batch", 2 * cfg.latent_channels, "latent_height", "latent_width")),),
+        atol=1e-4,
+        rtol=1e-4,
+        sample_dims=({"batch": 1, "height": 4 * d, "width": 4 * d}, {"batch": 2, "height": 4 * d, "width": 6 * d}),
+    )
+
+
+def vae_decoder_spec(cfg: VAEConfig) -> SubmodelSpec:
+    return SubmodelSpec(
+        name="vae_decoder",
+        inputs=(TensorSpec("latent_sample", "float32", ("batch", cfg.latent_channels, "latent_height", "latent_width")),),
+        outputs=(TensorSpec("sample", "float32", ("batch", cfg.out_channels, "height", "width")),),
+        atol=1e-4,
+        rtol=1e-4,
+        sample_dims=({"batch": 1, "latent_height": 4, "latent_width": 4}, {"batch": 2, "latent_height": 4, "latent_width": 6}),
+    )
+
+
+def spec_for(name: str, cfg) -> SubmodelSpec:
+    if name.startswith("text_encoder"):
+        return clip_spec(cfg, name)
+    return {"unet": unet_spec, "vae_encoder": vae_encoder_spec, "vae_decoder": vae_decoder_spec}[name](cfg)

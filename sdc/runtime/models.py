@@ -1,0 +1,57 @@
+"""ONNX Runtime sessions behind the `models[name](**inputs) -> dict` interface, with provider choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sdc.errors import BundleError, InputError
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def resolve_providers(provider: str) -> list[str]:
+    """`auto` picks CUDA when this onnxruntime build has it; asking for a missing one is an error."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider == "auto":
+        return PROVIDERS["cuda"] if "CUDAExecutionProvider" in available else PROVIDERS["cpu"]
+    if provider not in PROVIDERS:
+        raise InputError(f"provider {provider!r} is unknown; choose auto, cpu, cuda or tensorrt")
+    if PROVIDERS[provider][0] not in available:
+        raise InputError(
+            f"provider {provider!r} needs {PROVIDERS[provider][0]}, which this onnxruntime lacks "
+            f"(has {', '.join(available)}); install onnxruntime-gpu or use --provider cpu"
+        )
+    return PROVIDERS[provider]
+
+
+class OnnxModel:
+    """One submodel: call with named numpy inputs, get a dict of named numpy outputs."""
+
+    def __init__(self, path: Path, spec: dict, providers: list[str], threads: int = 0):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # errors only: unused-initializer notices are noise to users
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BundleError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]}); rebuild the bundle")
+        self.path = Path(path)
+        self.inputs = {t["name"]: np.dtype(t["dtype"]) for t in spec["inputs"]}
+        self.output_names = [t["name"] for t in spec["outputs"]]
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        if set(inputs) != set(self.inputs):
+            raise InputError(f"{self.path}: expected inputs {sorted(self.inputs)}, got {sorted(inputs)}")
+        feed = {k: np.ascontiguousarray(v, dtype=self.inputs[k]) for k, v in inputs.items()}
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed)))
