@@ -32,7 +32,10 @@ ProviderOpt = Annotated[str, typer.Option("--provider", help="ONNX Runtime provi
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # logs and CI: don't fold the summary table
+    return console
 
 
 def _finish(ok: bool, t0: float) -> None:
@@ -131,7 +134,7 @@ def generate(
     strength: Annotated[float, typer.Option("--strength", help="Image-to-image strength in (0, 1].")] = 0.8,
     latents: Annotated[Optional[Path], typer.Option("--latents", help="Initial latents (.npy) for exact reproduction.")] = None,
     provider: ProviderOpt = "auto",
-    verify: Annotated[str, typer.Option("--verify", help="Checksum check on load: full, sizes, none.")] = "sizes",
+    verify: Annotated[str, typer.Option("--verify", help="Checksum check on load: full (every byte), sizes (fast), none.")] = "full",
 ) -> None:
     """Generate an image from a bundle (ONNX Runtime; Paddle is not needed)."""
     import numpy as np
