@@ -25,6 +25,43 @@ def load_cases(path: Path) -> dict[str, dict[str, np.ndarray]]:
     return cases
 
 
+PIPELINE_REFS = REFS / "pipelines"
+
+
+def pipeline_cases() -> dict[str, dict]:
+    """End-to-end diffusers generations (make_pipeline_refs.py): case key -> settings."""
+    import json
+
+    return json.loads((PIPELINE_REFS / "index.json").read_text(encoding="utf-8"))
+
+
+def load_pipeline_case(key: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(settings, arrays) of one reference generation."""
+    import json
+
+    with np.load(PIPELINE_REFS / f"{key}.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return json.loads(str(arrays.pop("settings"))), arrays
+
+
+def pipeline_kwargs(s: dict, arrays: dict[str, np.ndarray], image_as_pil: bool = False) -> dict:
+    """The sdc pipeline call that reproduces a reference generation."""
+    kw = {k: s[k] for k in ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed", "scheduler",
+                            "num_images_per_prompt")}
+    if s["img2img"]:
+        img = arrays["init_image"]
+        if image_as_pil:
+            from PIL import Image
+
+            img = [Image.fromarray(im) for im in img]
+        else:
+            img = img.astype(np.float32) / 255.0
+        kw.update(image=img, strength=s["strength"])
+    else:
+        kw.update(height=s["height"], width=s["width"], latents=arrays.get("latents"))
+    return kw
+
+
 def run_sdc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real CLI in a child process, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "sdc", *map(str, args)], capture_output=True, text=True, cwd=cwd)

@@ -1,0 +1,111 @@
+"""Convolutional building blocks shared by the UNet and the VAE: resnets, resampling, timestep embedding.
+
+Each class mirrors the diffusers module of the same name closely enough that its parameter names
+are the diffusers state-dict names (so `sdc.graphs.weights` assigns checkpoints by lookup). Every
+`forward` is written for `paddle.jit.to_static` and paddle2onnx: dynamic sizes come from
+`paddle.shape`, no Python branches on tensor values, no buffers (constants are built in-graph).
+"""
+
+from __future__ import annotations
+
+import math
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+
+def conv2d(cin: int, cout: int, kernel: int = 3, stride: int = 1, padding: int | None = None) -> nn.Conv2D:
+    """A Conv2D with PyTorch's defaults (bias on, 'same' padding for odd kernels unless given)."""
+    return nn.Conv2D(cin, cout, kernel, stride=stride, padding=(kernel - 1) // 2 if padding is None else padding)
+
+
+class ResnetBlock2D(nn.Layer):
+    """diffusers ResnetBlock2D with `time_embedding_norm="default"`; no time projection when temb_channels is None (VAE)."""
+
+    def __init__(self, cin: int, cout: int, temb_channels: int | None, groups: int, eps: float, output_scale_factor: float = 1.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin, epsilon=eps)
+        self.conv1 = conv2d(cin, cout)
+        if temb_channels is not None:
+            self.time_emb_proj = nn.Linear(temb_channels, cout)
+        self.norm2 = nn.GroupNorm(groups, cout, epsilon=eps)
+        self.conv2 = conv2d(cout, cout)
+        if cin != cout:
+            self.conv_shortcut = conv2d(cin, cout, kernel=1)
+        self.has_temb = temb_channels is not None
+        self.has_shortcut = cin != cout
+        self.output_scale_factor = output_scale_factor
+
+    def forward(self, x: paddle.Tensor, temb: paddle.Tensor | None = None) -> paddle.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.has_temb:
+            h = h + self.time_emb_proj(F.silu(temb)).unsqueeze([2, 3])
+        h = self.conv2(F.silu(self.norm2(h)))
+        if self.has_shortcut:
+            x = self.conv_shortcut(x)
+        out = x + h
+        if self.output_scale_factor != 1.0:
+            out = out / self.output_scale_factor
+        return out
+
+
+class Downsample2D(nn.Layer):
+    """Stride-2 3x3 conv. With padding 0 (the VAE) diffusers pads right and bottom by one first."""
+
+    def __init__(self, channels: int, padding: int = 1):
+        super().__init__()
+        self.pad_right_bottom = padding == 0
+        self.conv = conv2d(channels, channels, 3, stride=2, padding=padding)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self.pad_right_bottom:
+            # Paddle's 4-element pad on NCHW is [left, right, top, bottom], like torch's F.pad.
+            x = F.pad(x, [0, 1, 0, 1], mode="constant", value=0.0)
+        return self.conv(x)
+
+
+class Upsample2D(nn.Layer):
+    """Nearest 2x upsampling then a 3x3 conv.
+
+    `forward(x, like)` crops the upsampled map to `like`'s height and width: a UNet skip connection
+    from an odd-sized level is one pixel smaller than 2x. Cropping 2x-nearest equals diffusers'
+    `interpolate(size=skip_size)` for every size stride-2 convs produce (out = 2n or 2n - 1), and keeps
+    the export a plain Resize + Slice.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = conv2d(channels, channels)
+
+    def forward(self, x: paddle.Tensor, like: paddle.Tensor | None = None) -> paddle.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if like is not None:
+            size = paddle.shape(like)[2:4]
+            x = paddle.slice(x, axes=[2, 3], starts=[0, 0], ends=[size[0], size[1]])
+        return self.conv(x)
+
+
+def timestep_features(timesteps: paddle.Tensor, dim: int, flip_sin_to_cos: bool, freq_shift: float) -> paddle.Tensor:
+    """diffusers `get_timestep_embedding` (max_period 10000): [B] -> [B, dim] sinusoids, computed in-graph."""
+    half = dim // 2
+    exponent = paddle.arange(half, dtype="float32") * (-math.log(10000.0))
+    freqs = paddle.exp(exponent / (half - freq_shift))
+    args = timesteps.astype("float32").unsqueeze(1) * freqs.unsqueeze(0)
+    sin, cos = paddle.sin(args), paddle.cos(args)
+    emb = paddle.concat([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
+    if dim % 2 == 1:
+        emb = paddle.concat([emb, paddle.zeros_like(emb[:, :1])], axis=-1)
+    return emb
+
+
+class TimestepEmbedding(nn.Layer):
+    """Two linears with SiLU between: the MLP on top of the sinusoidal timestep features."""
+
+    def __init__(self, cin: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(cin, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))

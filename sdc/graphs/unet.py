@@ -1,0 +1,152 @@
+"""UNet2DConditionModel (SD 1.x / 2.x) as a Paddle Layer built from a `UNetConfig`.
+
+Block construction follows diffusers' `UNet2DConditionModel.__init__` channel bookkeeping exactly
+(per-block heads, layers, transformer depth and cross-attention width; up blocks see them reversed),
+so any valid config of the supported block types loads its checkpoint by name.
+`forward(sample, timestep, encoder_hidden_states) -> out_sample`.
+"""
+
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from sdc.graphs.attention import Transformer2DModel
+from sdc.graphs.configs import UNetConfig
+from sdc.graphs.layers import Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, conv2d, timestep_features
+
+
+class DownBlock(nn.Layer):
+    """CrossAttnDownBlock2D (with `attentions`) or DownBlock2D (without)."""
+
+    def __init__(self, cfg: UNetConfig, i: int, cin: int, cout: int, temb: int, cross: bool, downsample: bool):
+        super().__init__()
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        n = cfg.layers_per_block[i]
+        self.resnets = nn.LayerList([ResnetBlock2D(cin if j == 0 else cout, cout, temb, g, eps) for j in range(n)])
+        self.cross = cross
+        if cross:
+            self.attentions = nn.LayerList([
+                Transformer2DModel(cout, cfg.num_attention_heads[i], cfg.transformer_layers_per_block[i],
+                                   cfg.cross_attention_dim[i], g, cfg.use_linear_projection, cfg.upcast_attention)
+                for _ in range(n)
+            ])
+        if downsample:
+            self.downsamplers = nn.LayerList([Downsample2D(cout, padding=cfg.downsample_padding)])
+        self.downsample = downsample
+
+    def forward(self, h, temb, context) -> tuple[paddle.Tensor, list[paddle.Tensor]]:
+        skips = []
+        for j, resnet in enumerate(self.resnets):
+            h = resnet(h, temb)
+            if self.cross:
+                h = self.attentions[j](h, context)
+            skips.append(h)
+        if self.downsample:
+            h = self.downsamplers[0](h)
+            skips.append(h)
+        return h, skips
+
+
+class UpBlock(nn.Layer):
+    """CrossAttnUpBlock2D or UpBlock2D: each resnet takes the running map concatenated with one skip."""
+
+    def __init__(self, cfg: UNetConfig, i: int, cin: int, cout: int, prev: int, temb: int, cross: bool, upsample: bool):
+        super().__init__()
+        g, eps = cfg.norm_num_groups, cfg.norm_eps
+        r = len(cfg.block_out_channels) - 1 - i  # index into the (down-ordered) per-block lists
+        n = cfg.layers_per_block[r] + 1
+        self.resnets = nn.LayerList([
+            ResnetBlock2D((prev if j == 0 else cout) + (cin if j == n - 1 else cout), cout, temb, g, eps) for j in range(n)
+        ])
+        self.cross = cross
+        if cross:
+            self.attentions = nn.LayerList([
+                Transformer2DModel(cout, cfg.num_attention_heads[r], cfg.transformer_layers_per_block[r],
+                                   cfg.cross_attention_dim[r], g, cfg.use_linear_projection, cfg.upcast_attention)
+                for _ in range(n)
+            ])
+        if upsample:
+            self.upsamplers = nn.LayerList([Upsample2D(cout)])
+        self.upsample = upsample
+
+    def forward(self, h, skips: list[paddle.Tensor], temb, context, upsample_like=None) -> paddle.Tensor:
+        for j, resnet in enumerate(self.resnets):
+            h = resnet(paddle.concat([h, skips[-1 - j]], axis=1), temb)
+            if self.cross:
+                h = self.attentions[j](h, context)
+        if self.upsample:
+            h = self.upsamplers[0](h, upsample_like)
+        return h
+
+
+class MidBlock(nn.Layer):
+    """UNetMidBlock2DCrossAttn: resnet, then (attention, resnet) once; resnets scale by mid_block_scale_factor."""
+
+    def __init__(self, cfg: UNetConfig, channels: int, temb: int):
+        super().__init__()
+        g, eps, s = cfg.norm_num_groups, cfg.norm_eps, cfg.mid_block_scale_factor
+        self.resnets = nn.LayerList([ResnetBlock2D(channels, channels, temb, g, eps, s) for _ in range(2)])
+        self.attentions = nn.LayerList([
+            Transformer2DModel(channels, cfg.num_attention_heads[-1], cfg.transformer_layers_per_block[-1],
+                               cfg.cross_attention_dim[-1], g, cfg.use_linear_projection, cfg.upcast_attention)
+        ])
+
+    def forward(self, h, temb, context):
+        h = self.resnets[0](h, temb)
+        return self.resnets[1](self.attentions[0](h, context), temb)
+
+
+class UNet2DConditionModel(nn.Layer):
+    output_names = ("out_sample",)
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        boc = cfg.block_out_channels
+        temb = cfg.time_embedding_dim
+        self.conv_in = conv2d(cfg.in_channels, boc[0], cfg.conv_in_kernel)
+        self.time_embedding = TimestepEmbedding(boc[0], temb)
+
+        down, cout = [], boc[0]
+        for i, kind in enumerate(cfg.down_block_types):
+            cin, cout = cout, boc[i]
+            down.append(DownBlock(cfg, i, cin, cout, temb, kind.startswith("CrossAttn"), i < len(boc) - 1))
+        self.down_blocks = nn.LayerList(down)
+        if cfg.mid_block_type is not None:
+            self.mid_block = MidBlock(cfg, boc[-1], temb)
+
+        rev = boc[::-1]
+        up, cout = [], rev[0]
+        for i, kind in enumerate(cfg.up_block_types):
+            prev, cout = cout, rev[i]
+            cin = rev[min(i + 1, len(boc) - 1)]
+            up.append(UpBlock(cfg, i, cin, cout, prev, temb, kind.startswith("CrossAttn"), i < len(boc) - 1))
+        self.up_blocks = nn.LayerList(up)
+
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, boc[0], epsilon=cfg.norm_eps)
+        self.conv_out = conv2d(boc[0], cfg.out_channels, cfg.conv_out_kernel)
+
+    def forward(self, sample: paddle.Tensor, timestep: paddle.Tensor, encoder_hidden_states: paddle.Tensor) -> paddle.Tensor:
+        cfg = self.cfg
+        features = timestep_features(timestep, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        temb = self.time_embedding(features)
+        if cfg.center_input_sample:
+            sample = 2.0 * sample - 1.0
+        h = self.conv_in(sample)
+
+        skips = [h]
+        for block in self.down_blocks:
+            h, block_skips = block(h, temb, encoder_hidden_states)
+            skips.extend(block_skips)
+        if cfg.mid_block_type is not None:
+            h = self.mid_block(h, temb, encoder_hidden_states)
+
+        for block in self.up_blocks:
+            n = len(block.resnets)
+            mine, skips = skips[-n:], skips[:-n]
+            # The next level's first skip sets the upsampled size (diffusers' forward_upsample_size).
+            h = block(h, mine, temb, encoder_hidden_states, skips[-1] if block.upsample else None)
+
+        return self.conv_out(F.silu(self.conv_norm_out(h)))

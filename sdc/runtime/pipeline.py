@@ -1,0 +1,274 @@
+"""Stable Diffusion (1.x/2.x) text-to-image and image-to-image in numpy, step for step like diffusers.
+
+The pipeline only orchestrates: submodels are callables `models[name](**inputs) -> {output: ndarray}`
+named as in DESIGN.md's contract table (ONNX Runtime sessions in a bundle, Paddle layers in tests),
+schedulers come from `sdc.runtime.schedulers`, the tokenizer from `sdc.runtime.tokenizer`.
+
+Randomness: one `np.random.default_rng(seed)` per call, drawn in this order (the pipeline references
+in tests/fixtures/make_pipeline_refs.py replay the same order through diffusers):
+  1. initial latents [B, C, h, w] (text-to-image, only when `latents` is not given);
+  2. image-to-image: VAE posterior noise (latent = mean + exp(0.5 * clip(logvar, -30, 20)) * noise),
+     then the noise `scheduler.add_noise` mixes in;
+  3. per step, the scheduler's noise when `scheduler.needs_noise` (ancestral samplers, LCM, ...).
+Every draw is `randn` below: float32 standard normals from numpy's generator.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdc.errors import InputError
+from sdc.runtime.pipeline_images import preprocess, to_pil
+
+Model = Callable[..., Mapping[str, np.ndarray]]
+# callback(step, total, timestep, latents): called after each scheduler step; `step` counts 1..total.
+StepCallback = Callable[[int, int, float, np.ndarray], None]
+OUTPUT_TYPES = ("pil", "np", "latent")
+
+
+def randn(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:
+    """Standard normal float32 draws: the only way this pipeline makes noise."""
+    return rng.standard_normal(tuple(int(d) for d in shape), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Facts about the model the pipeline needs; the bundle manifest (or a diffusers folder) fills it."""
+
+    scaling_factor: float = 0.18215
+    shift_factor: float | None = None  # None for SD 1.x/2.x; Flux-style VAEs shift before scaling
+    vae_scale_factor: int = 8  # 2 ** (len(vae block_out_channels) - 1)
+    latent_channels: int = 4
+    unet_in_channels: int = 4
+    unet_out_channels: int = 4
+    default_height: int = 512  # unet sample_size * vae_scale_factor
+    default_width: int = 512
+    default_scheduler: str | None = None  # None: the class named in scheduler_config
+
+    @classmethod
+    def from_diffusers(cls, model_dir: str | Path, default_scheduler: str | None = None) -> PipelineConfig:
+        """Read the fields from a diffusers folder's unet/ and vae/ config.json."""
+        model_dir = Path(model_dir)
+        unet = json.loads((model_dir / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((model_dir / "vae" / "config.json").read_text(encoding="utf-8"))
+        factor = 2 ** (len(vae.get("block_out_channels", [64])) - 1)
+        size = unet.get("sample_size", 64)
+        h, w = (size, size) if isinstance(size, int) else size
+        return cls(
+            scaling_factor=float(vae.get("scaling_factor", 0.18215)),
+            shift_factor=vae.get("shift_factor"),
+            vae_scale_factor=factor,
+            latent_channels=int(vae.get("latent_channels", 4)),
+            unet_in_channels=int(unet.get("in_channels", 4)),
+            unet_out_channels=int(unet.get("out_channels", 4)),
+            default_height=h * factor,
+            default_width=w * factor,
+            default_scheduler=default_scheduler,
+        )
+
+
+def _prompts(prompt: str | Sequence[str], negative: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Prompt and negative prompt as equal-length lists; a single negative applies to every prompt."""
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = list(prompt)
+    else:
+        raise InputError("prompt must be a string or a non-empty list of strings")
+    if negative is None or isinstance(negative, str):
+        negatives = [negative or ""] * len(prompts)
+    elif isinstance(negative, Sequence) and all(isinstance(n, str) for n in negative):
+        negatives = list(negative)
+        if len(negatives) != len(prompts):
+            raise InputError(f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}")
+    else:
+        raise InputError("negative_prompt must be None, a string or a list of strings")
+    return prompts, negatives
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class StableDiffusionPipeline:
+    """Text-to-image and image-to-image generation over numpy submodels, matching diffusers' SD pipelines."""
+
+    def __init__(self, models: Mapping[str, Model], tokenizer: Callable[[list[str]], np.ndarray],
+                 scheduler_config: Mapping[str, Any], config: PipelineConfig | None = None):
+        self.models = models
+        self.tokenizer = tokenizer
+        self.scheduler_config = dict(scheduler_config)
+        self.config = config or PipelineConfig()
+        if self.config.unet_in_channels != self.config.latent_channels:
+            # An inpainting UNet also takes mask and masked-image latents: a different pipeline.
+            raise InputError(
+                f"UNet takes {self.config.unet_in_channels} input channels but the VAE has "
+                f"{self.config.latent_channels} latent channels: inpainting models need an inpainting pipeline"
+            )
+        for name in ("text_encoder", "unet", "vae_decoder"):
+            if name not in models:
+                raise InputError(f"the pipeline needs submodel {name!r}; got {', '.join(sorted(models)) or 'none'}")
+        self.last_timings: dict[str, float] = {}  # seconds per stage of the latest call, for `sdc bench`
+
+    # ------------------------------------------------------------------ pieces
+
+    def make_scheduler(self, name: str | None = None):
+        """A fresh scheduler (they hold per-generation state) from the model's scheduler config."""
+        from sdc.runtime.schedulers import from_config
+
+        return from_config(self.scheduler_config, name or self.config.default_scheduler)
+
+    def encode_prompt(self, prompts: list[str], negatives: list[str] | None) -> np.ndarray:
+        """Text embeddings [B, S, D], or [2B, S, D] as [negative; positive] when `negatives` is given."""
+        texts = (negatives or []) + prompts
+        ids = np.asarray(self.tokenizer(texts), dtype=np.int64)
+        # One encoder call for both halves: CLIP rows are independent, so this equals two calls.
+        return np.asarray(self._run("text_encoder", input_ids=ids)["last_hidden_state"], dtype=np.float32)
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Latents -> NHWC float32 images in [0, 1]."""
+        z = latents / self.config.scaling_factor
+        if self.config.shift_factor is not None:
+            z = z + self.config.shift_factor
+        sample = self._run("vae_decoder", latent_sample=z.astype(np.float32))["sample"]
+        return np.clip(np.asarray(sample, dtype=np.float32) / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
+
+    def encode_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """NCHW image in [-1, 1] -> scaled latents, sampling the VAE posterior with noise from `rng`."""
+        if "vae_encoder" not in self.models:
+            raise InputError("image-to-image needs a vae_encoder, which this model does not have")
+        params = np.asarray(self._run("vae_encoder", sample=image)["latent_parameters"], dtype=np.float32)
+        mean, logvar = np.split(params, 2, axis=1)
+        std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+        latents = mean + std * randn(rng, mean.shape)
+        if self.config.shift_factor is not None:
+            latents = latents - self.config.shift_factor
+        return (latents * self.config.scaling_factor).astype(np.float32)
+
+    def _run(self, name: str, **inputs: np.ndarray) -> Mapping[str, np.ndarray]:
+        t0 = time.perf_counter()
+        out = self.models[name](**inputs)
+        self.last_timings[name] = self.last_timings.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+    # ------------------------------------------------------------------ generation
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        seed: int | None = None,
+        latents: np.ndarray | None = None,
+        image: Any = None,
+        strength: float = 0.8,
+        scheduler: str | None = None,
+        output_type: str = "pil",
+        num_images_per_prompt: int = 1,
+        callback: StepCallback | None = None,
+    ):
+        """Generate images; returns a list of PIL images, an NHWC float32 array in [0, 1], or latents.
+
+        `image` (image-to-image) is a PIL image or list of them, a float array in [0, 1] shaped HWC or
+        NHWC (uint8 in [0, 255] too), or a float array in [-1, 1] shaped NCHW; its size (rounded down
+        to a multiple of 8) is the output size unless height/width are given, then it is resized.
+        `strength` in (0, 1] is how much of the schedule runs. `latents` (text-to-image only) replace
+        the first draw and are multiplied by the scheduler's init_noise_sigma, as in diffusers.
+        """
+        self.last_timings = {}
+        t_start = time.perf_counter()
+        c = self.config
+        prompts, negatives = _prompts(prompt, negative_prompt)
+        steps = _check_int("num_inference_steps", num_inference_steps, 1)
+        per_prompt = _check_int("num_images_per_prompt", num_images_per_prompt, 1)
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        if not isinstance(guidance_scale, (int, float, np.number)) or not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise InputError(f"seed must be a non-negative integer or None, got {seed!r}")
+        if image is not None and latents is not None:
+            raise InputError("pass either latents (text-to-image) or image (image-to-image), not both")
+        if image is not None and not (isinstance(strength, (int, float, np.number)) and 0.0 < strength <= 1.0):
+            raise InputError(f"strength must be in (0, 1], got {strength!r}")
+        for name, value in (("height", height), ("width", width)):
+            # diffusers checks 8; this is the VAE downscale factor (8 for SD). The UNet needs no larger
+            # multiple: like diffusers' it resizes odd-sized skip connections on the way up.
+            if value is not None and (_check_int(name, value, 1) % c.vae_scale_factor):
+                raise InputError(f"{name} must be a multiple of {c.vae_scale_factor}, got {value}")
+
+        batch = len(prompts) * per_prompt
+        init = None
+        if image is not None:
+            init = preprocess(image, height, width, c.vae_scale_factor)
+            if batch % init.shape[0]:
+                raise InputError(f"{init.shape[0]} images cannot be spread over {batch} generations "
+                                 "(prompts x num_images_per_prompt must be a multiple of the image count)")
+            if min(int(steps * strength), steps) < 1:  # diffusers' get_timesteps would return no step
+                raise InputError(f"strength {strength} x num_inference_steps {steps} leaves no denoising step")
+        else:
+            h = c.default_height if height is None else int(height)
+            w = c.default_width if width is None else int(width)
+            shape = (batch, c.latent_channels, h // c.vae_scale_factor, w // c.vae_scale_factor)
+            if latents is not None:
+                latents = np.asarray(latents, dtype=np.float32)
+                if latents.shape != shape:
+                    raise InputError(f"latents have shape {latents.shape}, expected {shape} for {batch} images "
+                                     f"of {h}x{w}")
+
+        do_cfg = guidance_scale > 1.0  # as diffusers: guidance 1 (or less) runs the UNet on the prompt only
+        rng = np.random.default_rng(seed)
+        sched = self.make_scheduler(scheduler)
+        sched.set_timesteps(steps)
+        timesteps = np.asarray(sched.timesteps)
+        if init is not None:
+            timesteps = np.asarray(sched.get_timesteps(steps, float(strength))[0])
+            init_latents = self.encode_image(init, rng)
+            # Tiled, not interleaved, like diffusers: image i pairs with generation i mod len(images).
+            init_latents = np.concatenate([init_latents] * (batch // init.shape[0]), axis=0)
+            noise = randn(rng, init_latents.shape)
+            latents = np.asarray(sched.add_noise(init_latents, noise, np.repeat(timesteps[:1], batch)), dtype=np.float32)
+        else:
+            if latents is None:
+                latents = randn(rng, shape)
+            latents = (latents * np.float32(sched.init_noise_sigma)).astype(np.float32)
+
+        embeds = self.encode_prompt(prompts, negatives if do_cfg else None)
+        # num_images_per_prompt copies sit next to each other: [p0, p0, p1, p1], as in diffusers.
+        embeds = np.repeat(embeds, per_prompt, axis=0)
+
+        t_loop = time.perf_counter()
+        for i, t in enumerate(timesteps):
+            model_input = np.concatenate([latents, latents]) if do_cfg else latents
+            model_input = np.asarray(sched.scale_model_input(model_input, t), dtype=np.float32)
+            tt = np.full((model_input.shape[0],), t, dtype=np.float32)
+            pred = np.asarray(self._run("unet", sample=model_input, timestep=tt, encoder_hidden_states=embeds)
+                              ["out_sample"], dtype=np.float32)
+            if do_cfg:
+                uncond, cond = pred[:batch], pred[batch:]
+                pred = uncond + np.float32(guidance_scale) * (cond - uncond)
+            noise = randn(rng, sched.step_noise_shape(latents)) if sched.needs_noise else None
+            latents = np.asarray(sched.step(pred, t, latents, noise=noise), dtype=np.float32)
+            if callback is not None:
+                callback(i + 1, len(timesteps), float(t), latents)
+        self.last_timings["denoise_loop"] = time.perf_counter() - t_loop
+
+        if output_type == "latent":
+            result: Any = latents
+        else:
+            images = self.decode_latents(latents)
+            result = images if output_type == "np" else to_pil(images)
+        self.last_timings["total"] = time.perf_counter() - t_start
+        return result
