@@ -67,6 +67,7 @@ def save_validation_data(ctx: BuildContext, sub: SubmodelBuild) -> None:
     path = ctx.work / validation_path(sub.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
+    path.chmod(0o644)  # safetensors writes owner-only files; a bundle is meant to be shared
 
 
 def validate_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:

@@ -66,12 +66,11 @@ class Downsample2D(nn.Layer):
 
 
 class Upsample2D(nn.Layer):
-    """Nearest 2x upsampling then a 3x3 conv.
+    """Nearest upsampling then a 3x3 conv.
 
-    `forward(x, like)` crops the upsampled map to `like`'s height and width: a UNet skip connection
-    from an odd-sized level is one pixel smaller than 2x. Cropping 2x-nearest equals diffusers'
-    `interpolate(size=skip_size)` for every size stride-2 convs produce (out = 2n or 2n - 1), and keeps
-    the export a plain Resize + Slice.
+    `forward(x, like)` resizes to `like`'s height and width, as diffusers does when a latent size is
+    not a multiple of the UNet's total downscale (its `forward_upsample_size`): a skip connection from an
+    odd level is not exactly 2x the level below. Without `like` it is a plain 2x.
     """
 
     def __init__(self, channels: int):
@@ -79,10 +78,11 @@ class Upsample2D(nn.Layer):
         self.conv = conv2d(channels, channels)
 
     def forward(self, x: paddle.Tensor, like: paddle.Tensor | None = None) -> paddle.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        if like is not None:
+        if like is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
             size = paddle.shape(like)[2:4]
-            x = paddle.slice(x, axes=[2, 3], starts=[0, 0], ends=[size[0], size[1]])
+            x = F.interpolate(x, size=[size[0], size[1]], mode="nearest")
         return self.conv(x)
 
 

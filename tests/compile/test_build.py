@@ -68,3 +68,24 @@ def test_build_is_deterministic(bundles, tmp_path):
     assert again["files"] == first["files"]
     strip = lambda m: {k: v for k, v in m.items() if k != "created_at"}  # noqa: E731
     assert strip(again) == strip(first)
+
+
+def test_unet_onnx_at_sizes_validation_did_not_see(bundles):
+    """Odd and off-multiple latent sizes (diffusers resizes skips to fit): ONNX still equals the Paddle module."""
+    import paddle
+
+    import sdc.graphs
+    import sdc.runtime
+
+    layer = sdc.graphs.load(FIXTURES / "sd1-tiny", "unet")
+    pipe = sdc.runtime.load(bundles["sd1-tiny"], provider="cpu", verify="none")
+    rng = np.random.default_rng(0)
+    for b, h, w in ((1, 5, 7), (3, 9, 6)):
+        inputs = dict(sample=rng.standard_normal((b, 4, h, w)).astype(np.float32),
+                      timestep=rng.uniform(0, 1000, (b,)).astype(np.float32),
+                      encoder_hidden_states=rng.standard_normal((b, 11, 32)).astype(np.float32))
+        with paddle.no_grad():
+            want = layer(*[paddle.to_tensor(v) for v in inputs.values()]).numpy()
+        got = pipe.models["unet"](**inputs)["out_sample"]
+        assert got.shape == want.shape == (b, 4, h, w)
+        assert float(np.abs(got - want).max()) <= 1e-4
