@@ -62,6 +62,19 @@ def plan_submodels(model_dir: Path, index, options: BuildOptions) -> list[str]:
     return list(options.submodels)
 
 
+def check_targets(options: BuildOptions) -> None:
+    """Every artifact is validated before it ships, so a target whose graph this machine cannot run is refused."""
+    from sdc.compile.validate import VALIDATION_PROVIDER, validation_providers
+    from sdc.errors import InputError
+
+    if not options.passes:
+        return  # no passes, no tuned artifacts: `targets` is ignored
+    for t in options.targets:
+        if t not in VALIDATION_PROVIDER:
+            raise InputError(f"--target {t}: unknown target; choose {', '.join(VALIDATION_PROVIDER)}")
+        validation_providers(t)  # raises when the provider is missing
+
+
 def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), force: bool = False,
           reporter: Reporter | None = None) -> BuildResult:
     from sdc.compile.bundle import bundle_stage, check_output
@@ -73,6 +86,7 @@ def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), fo
     reporter = reporter or Reporter()
     model_dir, out = Path(model_dir), Path(out)
     check_output(out, force)
+    check_targets(options)
     index = load_model_index(model_dir)
     names = plan_submodels(model_dir, index, options)
     subs = {}

@@ -75,9 +75,9 @@ def manifest_for(ctx: BuildContext, files: dict) -> dict:
             source_folder=folder_of(name),
             artifacts=[
                 {
-                    "target": a.target, "precision": a.precision, "path": a.path, "data_path": a.data_path,
-                    "sha256": files[a.path]["sha256"], "bytes": files[a.path]["bytes"]
-                    + (files[a.data_path]["bytes"] if a.data_path else 0),
+                    "target": a.target, "precision": a.precision, "path": a.path, "data_paths": a.data_paths,
+                    "sha256": files[a.path]["sha256"],
+                    "bytes": files[a.path]["bytes"] + sum(files[d]["bytes"] for d in a.data_paths),
                     "passes": a.passes, "validation": a.validation.to_json() if a.validation else None,
                 }
                 for a in sub.artifacts

@@ -79,6 +79,15 @@ def build(
     allow_pickle: Annotated[
         bool, typer.Option("--allow-pickle", help="Load .bin/.ckpt pickle weights (runs code from the file!).")
     ] = False,
+    passes: Annotated[
+        bool, typer.Option("--passes/--no-passes", help="Run graph-rewrite passes (--no-passes ships the raw export).")
+    ] = True,
+    target: Annotated[
+        Optional[list[str]],
+        typer.Option("--target", help="Extra target-tuned artifact beside the portable one (repeatable): "
+                     "ort-cpu, ort-cuda, tensorrt. Default: ort-cpu."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Log why each fusion pass matched nothing.")] = False,
 ) -> None:
     """Build a validated, checksummed bundle from a diffusers checkpoint.
 
@@ -92,8 +101,17 @@ def build(
     t0 = time.perf_counter()
     console = _console()
     console.print(f"[bold]sdc build[/] {model_dir} -> {out}")
+    if target and not passes:
+        from sdc.errors import InputError
+
+        raise InputError(f"--target {target[0]} needs the passes that tune it; drop --no-passes or the --target")
+    if debug:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="  %(name)s: %(message)s")
     options = BuildOptions(opset=opset, fail_on_validation=fail_on_validation, allow_pickle=allow_pickle,
-                           submodels=tuple(only) if only else None)
+                           submodels=tuple(only) if only else None, passes=passes,
+                           targets=tuple(target) if target is not None else BuildOptions.targets, debug_passes=debug)
     result = run_build(model_dir, out, options, force=force, reporter=_RichReporter(console))
     _print_summary(console, result)
     for w in result.warnings:
@@ -101,16 +119,32 @@ def build(
     _finish(not result.warnings, t0)
 
 
+def _fusions(passes: dict) -> str:
+    """Fused-op counts of an artifact's passes, e.g. 'MultiHeadAttention 32, Gelu 16' ('-' for none)."""
+    fused: dict[str, int] = {}
+    for name, counts in passes.items():
+        if name.startswith("cleanup"):
+            continue
+        for op, n in counts.items():
+            fused[op] = fused.get(op, 0) + n
+    return ", ".join(f"{op} {n}" for op, n in fused.items() if n) or "-"
+
+
 def _print_summary(console, result) -> None:
     from rich.table import Table
 
     table = Table(title=f"{result.out}", show_lines=False)
-    for col in ("submodel", "artifact", "size", "max abs err", "tolerance", "status"):
+    for col in ("submodel", "artifact", "size", "fusions", "max abs err", "tolerance", "status"):
         table.add_column(col, justify="right" if col in ("size", "max abs err") else "left")
+    files = result.manifest["files"]
     for name, sub in result.manifest["submodels"].items():
+        counted: set[str] = set()
         for a in sub["artifacts"]:
             v = a["validation"] or {}
-            table.add_row(name, f"{a['target']}/{a['precision']}", f"{a['bytes'] / 2**20:.1f} MiB",
+            own = [p for p in [a["path"], *a["data_paths"]] if p not in counted]  # shared weights count once
+            counted.update(own)
+            size = sum(files[p]["bytes"] for p in own)
+            table.add_row(name, f"{a['target']}/{a['precision']}", f"{size / 2**20:.1f} MiB", _fusions(a["passes"]),
                           f"{v.get('max_abs', float('nan')):.2e}", f"{v.get('atol', 0):g}+{v.get('rtol', 0):g}·|ref|",
                           "[green]ok[/]" if v.get("passed") else "[red]FAILED[/]")
     console.print(table)
@@ -262,3 +296,75 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+@app.command()
+def bench(
+    model_dir: Annotated[Path, typer.Argument(help="A diffusers-format Stable Diffusion folder (model_index.json).")],
+    runs: Annotated[int, typer.Option("--runs", help="Timed calls per variant (median reported).", min=1)] = 3,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.", min=0)] = 1,
+    height: Annotated[int, typer.Option("--height", help="Image height in pixels.")] = 512,
+    width: Annotated[int, typer.Option("--width", help="Image width in pixels.")] = 512,
+    components: Annotated[
+        Optional[list[str]],
+        typer.Option("--components", help="Submodels to time (repeatable or comma-separated): unet, text_encoder, "
+                     "vae_decoder, vae_encoder. Default: unet,text_encoder,vae_decoder."),
+    ] = None,
+    variants: Annotated[
+        Optional[list[str]],
+        typer.Option("--variants", help="What to compare (repeatable or comma-separated): torch (diffusers eager), "
+                     "paddle (dygraph), sdc (bundle without passes), sdc-passes (bundle with passes, ort-cpu). "
+                     "Default: all four."),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Write the results: a .md file gets (or has replaced) its '## sdc bench' "
+                     "section, a .json file the full result."),
+    ] = None,
+    work: Annotated[
+        Optional[Path],
+        typer.Option("--work", help="Keep inputs, bundles, outputs and logs here; matching bundles are reused "
+                     "(default: a temporary folder, removed afterwards)."),
+    ] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild the bundles even if --work has them.")] = False,
+    threads: Annotated[int, typer.Option("--threads", help="Threads per variant (0: all usable CPUs).", min=0)] = 0,
+    gemm_size: Annotated[int, typer.Option("--gemm-size", help="n of the n×n×n fp32 GEMM that measures the "
+                                           "machine's throughput.", min=64)] = 4096,
+) -> None:
+    """Time submodels side by side on identical inputs: diffusers/PyTorch, Paddle, sdc bundles.
+
+    One CFG UNet step (batch 2), the text encoder on 2 prompts of 77 tokens, the VAE
+    decoder on one latent. Every variant runs in its own process, so peak RSS is its own.
+    Reports medians, peak RSS, speedup over the first variant (torch, when the bench
+    extra is installed), agreement of the outputs, FLOPs per call, and the floor they
+    imply at this machine's measured GEMM throughput.
+    """
+    import json
+
+    from sdc.compile.bench import BenchOptions
+    from sdc.compile.bench import bench as run_bench
+    from sdc.compile.bench_report import markdown_section, print_result, write_markdown
+    from sdc.errors import InputError
+
+    t0 = time.perf_counter()
+    if out is not None and out.suffix not in (".md", ".json"):
+        raise InputError(f"--out {out}: give a .md file (markdown section) or a .json file")
+    console = _console()
+    names = lambda values, default: tuple(n for v in values for n in v.replace(",", " ").split()) if values else default  # noqa: E731
+    options = BenchOptions(height=height, width=width, runs=runs, warmup=warmup, threads=threads, gemm_size=gemm_size,
+                           rebuild=rebuild, components=names(components, BenchOptions.components),
+                           variants=names(variants, BenchOptions.variants))
+    command = " ".join(shlex.quote(a) for a in ["sdc", *sys.argv[1:]])
+    result = run_bench(model_dir, options, work=work, command=command,
+                       log=lambda m: console.print(f"  {m}", markup=False))
+    print_result(console, result)
+    if out is not None:
+        if out.suffix == ".json":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")
+        else:
+            write_markdown(out, markdown_section(result))
+        console.print(f"wrote {out}")
+    _finish(result.ok, t0)
+    if not result.ok:
+        raise typer.Exit(1)

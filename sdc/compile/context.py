@@ -17,6 +17,10 @@ class BuildOptions:
     allow_pickle: bool = False
     submodels: tuple[str, ...] | None = None  # None: every submodel the pipeline has
     external_data_threshold: int = 1 << 30  # bytes of weights above which they go to model.onnx.data
+    passes: bool = True  # False: ship paddle2onnx's graph as exported (benchmarks compare both)
+    # Extra target-tuned artifacts beside the portable one; the runtime picks by provider.
+    targets: tuple[str, ...] = ("ort-cpu",)
+    debug_passes: bool = False  # log why each fusion matched nothing
 
 
 @dataclass
@@ -43,8 +47,8 @@ class Artifact:
     target: str  # portable | ort-cpu | ort-cuda | tensorrt
     precision: str  # fp32 | fp16 | int8
     path: str  # relative to the bundle root
-    data_path: str | None = None  # external weights, when present
-    passes: dict[str, int] = field(default_factory=dict)
+    data_paths: list[str] = field(default_factory=list)  # external weight files it reads (may be shared)
+    passes: dict[str, dict[str, int]] = field(default_factory=dict)  # pass name -> what it changed
     validation: Validation | None = None
 
 

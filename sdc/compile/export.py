@@ -92,22 +92,6 @@ def name_io(model, sub: SubmodelBuild) -> None:
                 dim.dim_value = d
 
 
-def save_onnx(model, path: Path, external: bool) -> str | None:
-    """Write the model; weights go to `<name>.data` beside it when `external`. Returns the data file name."""
-    import onnx
-
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()  # onnx.save_model appends to an existing data file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-        return data.name
-    onnx.save_model(model, str(path))
-    return None
-
-
 def export_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
     import onnx
 
@@ -118,10 +102,49 @@ def export_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
     total = attach_weights(model, sub.layer, sub.name)
     name_io(model, sub)
     model.producer_name, model.producer_version = "sdc", _version()
-    rel = model_path(sub.name)
-    data = save_onnx(model, ctx.work / rel, external=total > ctx.options.external_data_threshold)
-    sub.artifacts.append(Artifact("portable", "fp32", rel, data_path=f"{sub.name}/{data}" if data else None))
+    write_artifacts(ctx, sub, model, external=total > ctx.options.external_data_threshold)
     sub.seconds["export"] = time.perf_counter() - t0
+
+
+def fused_anything(passes: dict[str, dict[str, int]]) -> bool:
+    """Whether a pipeline did more than the portable cleanup (which every artifact already has)."""
+    return any(n for name, counts in passes.items() if not name.startswith("cleanup") for n in counts.values())
+
+
+def write_artifacts(ctx: BuildContext, sub: SubmodelBuild, model, external: bool) -> None:
+    """The portable graph (cleanup passes only) and one target-tuned graph per requested target.
+
+    Target graphs are optimized before the portable one is saved (saving moves its weights to disk),
+    then saved pointing at the portable weights wherever the bytes are identical.
+    """
+    from sdc.compile.artifacts import save_onnx, save_sharing, weight_digests
+
+    opts = ctx.options
+    portable_passes: dict = {}
+    tuned = []
+    if opts.passes:
+        from sdc.passes import optimize
+
+        model, report = optimize(model, "portable", debug=opts.debug_passes)
+        portable_passes = report.passes
+        for target in opts.targets:
+            tuned_model, tuned_report = optimize(model, target, debug=opts.debug_passes)
+            if fused_anything(tuned_report.passes):
+                tuned.append((target, tuned_model, tuned_report))
+            else:  # identical to the portable graph: the runtime falls back to it
+                ctx.log(f"  {sub.name}: no {target} fusion applies; the portable graph serves {target}")
+            del tuned_model
+    digests = weight_digests(model) if tuned and external else {}
+    rel = model_path(sub.name)
+    data = save_onnx(model, ctx.work / rel, external=external)
+    portable_data = [f"{sub.name}/{data}"] if data else []
+    sub.artifacts.append(Artifact("portable", "fp32", rel, data_paths=portable_data, passes=portable_passes))
+    for target, tuned_model, report in tuned:
+        rel_t = model_path(sub.name, target)
+        own, shared = save_sharing(tuned_model, ctx.work / rel_t, model, digests)
+        data_paths = (portable_data if shared else []) + ([f"{sub.name}/{own}"] if own else [])
+        sub.artifacts.append(Artifact(target, "fp32", rel_t, data_paths=data_paths, passes=report.passes))
+        del tuned_model
 
 
 def _version() -> str:

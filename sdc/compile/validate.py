@@ -12,9 +12,24 @@ import time
 import numpy as np
 
 from sdc.compile.context import Artifact, BuildContext, SubmodelBuild, Validation
-from sdc.errors import ValidationError
+from sdc.errors import InputError, ValidationError
 from sdc.runtime.bundle import validation_path
 from sdc.runtime.models import OnnxModel
+
+
+# The ONNX Runtime provider each target's graph is validated on (its contrib ops exist only there).
+VALIDATION_PROVIDER = {"portable": "CPUExecutionProvider", "ort-cpu": "CPUExecutionProvider",
+                       "ort-cuda": "CUDAExecutionProvider", "tensorrt": "CPUExecutionProvider"}
+
+
+def validation_providers(target: str) -> list[str]:
+    import onnxruntime as ort
+
+    want = VALIDATION_PROVIDER[target]
+    if want not in ort.get_available_providers():
+        raise InputError(f"--target {target}: its graph can only be validated with {want}, which this onnxruntime "
+                         f"lacks; build that target on a machine with it (onnxruntime-gpu and a GPU)")
+    return [want] if want == "CPUExecutionProvider" else [want, "CPUExecutionProvider"]
 
 
 def compare(references: list, run, atol: float, rtol: float) -> Validation:
@@ -40,7 +55,7 @@ def compare(references: list, run, atol: float, rtol: float) -> Validation:
 
 
 def validate_artifact(ctx: BuildContext, sub: SubmodelBuild, art: Artifact) -> Validation:
-    model = OnnxModel(ctx.work / art.path, sub.spec.to_json(), ["CPUExecutionProvider"])
+    model = OnnxModel(ctx.work / art.path, sub.spec.to_json(), validation_providers(art.target))
     try:
         v = compare(sub.references, model, sub.spec.atol, sub.spec.rtol)
     except ValidationError as e:

@@ -10,6 +10,9 @@ from sdc.runtime.bundle import SCHEDULER_CONFIG, TOKENIZER_DIRS, read_manifest, 
 from sdc.runtime.models import OnnxModel, resolve_providers
 
 VERIFY_MODES = ("full", "sizes", "none")
+# The target-tuned artifact each execution provider runs best; every bundle also has a portable graph.
+PROVIDER_TARGET = {"CPUExecutionProvider": "ort-cpu", "CUDAExecutionProvider": "ort-cuda",
+                   "TensorrtExecutionProvider": "tensorrt"}
 
 
 def choose_artifact(sub: dict, name: str, target: str = "portable", precision: str = "fp32") -> dict:
@@ -22,10 +25,12 @@ def choose_artifact(sub: dict, name: str, target: str = "portable", precision: s
     raise BundleError(f"manifest.json: submodel {name} has no usable artifact; rebuild the bundle")
 
 
-def load(path, provider: str = "auto", verify: str = "full", threads: int = 0):
+def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, target: str | None = None):
     """Load a bundle as a StableDiffusionPipeline; `pipe.models[name](**inputs)` runs one submodel.
 
     verify: "full" checks every file's sha256 (seconds for a real model), "sizes" only sizes, "none" nothing.
+    target: which artifact to run ("portable" forces the unfused graph); by default the one tuned for
+    the provider, falling back to the portable graph.
     """
     from sdc.runtime.pipeline import PipelineConfig, StableDiffusionPipeline
     from sdc.runtime.tokenizer import CLIPTokenizer
@@ -37,9 +42,10 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0):
     if verify != "none":
         verify_files(root, manifest, full=verify == "full")
     providers = resolve_providers(provider)
+    target = target or PROVIDER_TARGET.get(providers[0], "portable")
     models = {}
     for name, sub in manifest["submodels"].items():
-        art = choose_artifact(sub, name)
+        art = choose_artifact(sub, name, target)
         models[name] = OnnxModel(safe_join(root, art["path"]), sub, providers, threads=threads)
     tok_dir = safe_join(root, TOKENIZER_DIRS["text_encoder"])
     tokenizer = CLIPTokenizer.from_folder(tok_dir)

@@ -144,3 +144,29 @@ def test_bad_generation_arguments(bundles, tmp_path, args, needle):
     out = tmp_path / "x.png"
     assert_one_line_error(run_sdc("generate", bundles["sd1-tiny"], "a cat", "-o", out, *args), needle)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--target", "ort-gpu"], ["--target ort-gpu", "unknown target", "ort-cpu"]),
+    (["--no-passes", "--target", "ort-cpu"], ["--target ort-cpu", "--no-passes"]),
+])
+def test_bad_target(tmp_path, args, needles):
+    out = tmp_path / "x.bundle"
+    from tests.conftest import FIXTURES
+
+    assert_one_line_error(run_sdc("build", FIXTURES / "sd1-tiny", "-o", out, *args), *needles)
+    assert_nothing_written(out)
+
+
+def test_cuda_target_without_cuda(tmp_path):
+    """Every artifact is validated before it ships: a CUDA-only graph cannot be built where CUDA is absent."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA, so an ort-cuda build is valid here")
+    from tests.conftest import FIXTURES
+
+    out = tmp_path / "x.bundle"
+    proc = run_sdc("build", FIXTURES / "sd1-tiny", "-o", out, "--target", "ort-cuda")
+    assert_one_line_error(proc, "--target ort-cuda", "CUDAExecutionProvider")
+    assert_nothing_written(out)

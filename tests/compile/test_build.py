@@ -24,11 +24,31 @@ def test_every_artifact_validated(bundles, family):
     assert set(manifest["submodels"]) == set(CONTRACT)
     for name, sub in manifest["submodels"].items():
         assert ([t["name"] for t in sub["inputs"]], [t["name"] for t in sub["outputs"]]) == CONTRACT[name]
-        (art,) = sub["artifacts"]
-        v = art["validation"]
-        print(f"{family} {name}: max abs {v['max_abs']:.2e} over {v['shapes']}")
-        assert v["passed"] and v["max_abs"] <= 1e-4
-        assert len(v["shapes"]) >= 2
+        arts = {a["target"]: a for a in sub["artifacts"]}
+        assert "portable" in arts
+        for target, art in arts.items():
+            v = art["validation"]
+            print(f"{family} {name} {target}: max abs {v['max_abs']:.2e} over {v['shapes']}")
+            assert v["passed"] and v["max_abs"] <= 1e-4
+            assert len(v["shapes"]) >= 2
+    # The CPU-tuned UNet exists and really is fused: one MultiHeadAttention per attention block.
+    unet = {a["target"]: a for a in manifest["submodels"]["unet"]["artifacts"]}
+    fused = sum(c.get("MultiHeadAttention", 0) for c in unet["ort-cpu"]["passes"].values())
+    assert fused == 2 * _transformer_blocks(FIXTURES / family / "unet" / "config.json")
+
+
+def _transformer_blocks(config_path) -> int:
+    """Transformer blocks (self + cross attention each) a UNet config implies, counted independently of sdc."""
+    cfg = json.loads(config_path.read_text())
+    n = len(cfg["down_block_types"])
+    depth = cfg.get("transformer_layers_per_block", 1)
+    depth = depth if isinstance(depth, list) else [depth] * n
+    layers = cfg["layers_per_block"]
+    layers = layers if isinstance(layers, list) else [layers] * n
+    total = sum(layers[i] * depth[i] for i, t in enumerate(cfg["down_block_types"]) if t.startswith("CrossAttn"))
+    total += sum((layers[n - 1 - i] + 1) * depth[n - 1 - i] for i, t in enumerate(cfg["up_block_types"])
+                 if t.startswith("CrossAttn"))
+    return total + depth[-1]  # mid block
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -41,13 +61,14 @@ def test_onnx_axes_are_named(bundles, family):
     assert model.opset_import[0].version >= 17
 
 
+@pytest.mark.parametrize("target", ["portable", "ort-cpu"])
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", list(CONTRACT))
-def test_onnx_matches_diffusers(bundles, family, name):
-    """The shipped graph against diffusers itself (not only against Paddle), through the runtime API."""
+def test_onnx_matches_diffusers(bundles, family, name, target):
+    """The shipped graphs (portable and fused) against diffusers itself, not only against Paddle."""
     import sdc.runtime
 
-    pipe = sdc.runtime.load(bundles[family], provider="cpu", verify="sizes")
+    pipe = sdc.runtime.load(bundles[family], provider="cpu", verify="sizes", target=target)
     inputs, outputs = CONTRACT[name]
     worst = 0.0
     for case, data in load_cases(REFS / family / f"{name}.npz").items():

@@ -1,0 +1,27 @@
+"""Graph rewrites between export and validation; `optimize(model, target)` runs a target's ONNX pipeline."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
+
+    from sdc.passes.onnx.optimize import PassReport
+
+TARGETS = ("portable", "ort-cpu", "ort-cuda", "tensorrt")
+
+
+def optimize(model: onnx.ModelProto, target: str, debug: bool = False) -> tuple[onnx.ModelProto, PassReport]:
+    """See sdc.passes.onnx.optimize.optimize (imported here lazily: onnx and onnxscript are build-time deps)."""
+    from sdc.passes.onnx.optimize import optimize as _optimize
+
+    return _optimize(model, target, debug)
+
+
+def __getattr__(name: str):
+    if name == "PassReport":
+        from sdc.passes.onnx.optimize import PassReport
+
+        return PassReport
+    raise AttributeError(name)

@@ -1,0 +1,36 @@
+"""The Paddle exports the pass tests share, built once and cached by the hash of their sources."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx_ir")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def exports(request) -> dict[str, "onnx.ModelProto"]:
+    """{"unet": TinyUNet export, "clip": sdc.graphs.clip export}, via sdc's export route, cached by source hash."""
+    pytest.importorskip("paddle")
+    pytest.importorskip("paddle2onnx")
+    from tests.passes import paddle_blocks
+
+    root = Path(request.config.cache.mkdir("sdc-passes-exports"))
+    key = paddle_blocks.sources_hash()
+    folder = root / key
+    if not (folder / "clip.onnx").is_file():
+        tmp = root / (key + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        paddle_blocks.export_tiny_unet(tmp / "unet.onnx")
+        paddle_blocks.export_tiny_clip(tmp / "clip.onnx")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return {name: onnx.load(str(folder / f"{name}.onnx")) for name in ("unet", "clip")}
+
+
