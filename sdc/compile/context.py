@@ -59,6 +59,7 @@ class SubmodelBuild:
     config: Any
     layer: Any = None  # the Paddle module (dygraph), reference for validation
     program_prefix: Path | None = None  # static program written by trace
+    weight_bytes: int = 0  # parameter bytes attached to the exported graph
     references: list = field(default_factory=list)  # [(dims, inputs, paddle outputs)] per sample shape
     artifacts: list[Artifact] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)

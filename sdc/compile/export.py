@@ -93,17 +93,30 @@ def name_io(model, sub: SubmodelBuild) -> None:
 
 
 def export_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
+    t0 = time.perf_counter()
+    write_artifacts(ctx, sub, lambda: exported_model(ctx, sub))
+    sub.seconds["export"] = time.perf_counter() - t0
+
+
+def exported_model(ctx: BuildContext, sub: SubmodelBuild):
+    """paddle2onnx's graph with the weights attached and the contract's names; frees the Paddle module.
+
+    Validation compares against references computed before tracing, so after this the module's
+    parameters (as large as the model) are dead weight during the passes.
+    """
+    import gc
+
     import onnx
 
-    t0 = time.perf_counter()
     graph_only = ctx.scratch / sub.name / "graph.onnx"
     run_paddle2onnx(Path(str(sub.program_prefix) + ".json"), graph_only, ctx.options.opset, sub.name)
     model = onnx.load(str(graph_only))
-    total = attach_weights(model, sub.layer, sub.name)
+    sub.weight_bytes = attach_weights(model, sub.layer, sub.name)
     name_io(model, sub)
     model.producer_name, model.producer_version = "sdc", _version()
-    write_artifacts(ctx, sub, model, external=total > ctx.options.external_data_threshold)
-    sub.seconds["export"] = time.perf_counter() - t0
+    sub.layer = None
+    gc.collect()
+    return model
 
 
 def fused_anything(passes: dict[str, dict[str, int]]) -> bool:
@@ -111,15 +124,18 @@ def fused_anything(passes: dict[str, dict[str, int]]) -> bool:
     return any(n for name, counts in passes.items() if not name.startswith("cleanup") for n in counts.values())
 
 
-def write_artifacts(ctx: BuildContext, sub: SubmodelBuild, model, external: bool) -> None:
+def write_artifacts(ctx: BuildContext, sub: SubmodelBuild, make_model) -> None:
     """The portable graph (cleanup passes only) and one target-tuned graph per requested target.
 
     Target graphs are optimized before the portable one is saved (saving moves its weights to disk),
-    then saved pointing at the portable weights wherever the bytes are identical.
+    then saved pointing at the portable weights wherever the bytes are identical. `make_model()`
+    returns the exported graph; taking a factory lets each rewrite drop the previous copy (memory
+    peaks at two copies of the weights, not three).
     """
     from sdc.compile.artifacts import save_onnx, save_sharing, weight_digests
 
     opts = ctx.options
+    model = make_model()
     portable_passes: dict = {}
     tuned = []
     if opts.passes:
@@ -134,7 +150,9 @@ def write_artifacts(ctx: BuildContext, sub: SubmodelBuild, model, external: bool
             else:  # identical to the portable graph: the runtime falls back to it
                 ctx.log(f"  {sub.name}: no {target} fusion applies; the portable graph serves {target}")
             del tuned_model
-    digests = weight_digests(model) if tuned and external else {}
+    # Shared weights must live in a data file; past the threshold they must anyway (2 GB protobuf limit).
+    external = sub.weight_bytes > opts.external_data_threshold or bool(tuned)
+    digests = weight_digests(model) if tuned else {}
     rel = model_path(sub.name)
     data = save_onnx(model, ctx.work / rel, external=external)
     portable_data = [f"{sub.name}/{data}"] if data else []
