@@ -1,6 +1,6 @@
 """Times a bundle on this machine: one UNet step (CFG batch 2) and a full generation, medians of N runs.
 
-    .venv/bin/python scripts/bench_runtime.py /tmp/sd15.bundle --size 512 --steps 20 --runs 3
+    .venv/bin/python scripts/bench_runtime.py /tmp/sd15.bundle --size 512 --steps 20 --runs 3 [--target portable]
 
 Prints one line per measurement plus peak RSS; paste the output into docs/PERFORMANCE.md with the
 command and the machine.
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--generate-runs", type=int, default=1)
     ap.add_argument("--provider", default="cpu")
+    ap.add_argument("--target", default=None, help="artifact to run: portable (unfused) or ort-cpu (default for cpu)")
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -42,7 +43,7 @@ def main() -> None:
     import sdc.runtime
 
     t0 = time.perf_counter()
-    pipe = sdc.runtime.load(args.bundle, provider=args.provider, verify="sizes")
+    pipe = sdc.runtime.load(args.bundle, provider=args.provider, verify="sizes", target=args.target)
     load_s = time.perf_counter() - t0
     unet = pipe.models["unet"]
     sub = pipe.manifest["submodels"]["unet"]
@@ -61,7 +62,7 @@ def main() -> None:
                      output_type="np"), args.generate_runs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} cores, onnxruntime {ort.__version__}, "
-          f"provider {args.provider}")
+          f"provider {args.provider}, artifacts {sorted({m.path.name for m in pipe.models.values()})}")
     print(f"load (verify sizes): {load_s:.1f}s")
     print(f"unet step {args.size}x{args.size} batch 2 (one CFG step): median {step:.2f}s of {[round(t, 2) for t in steps]}")
     print(f"generate {args.size}x{args.size}, {args.steps} steps: median {gen:.1f}s of {[round(t, 1) for t in gens]}")
