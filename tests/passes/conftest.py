@@ -14,13 +14,17 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="session")
-def exports(request) -> dict[str, "onnx.ModelProto"]:
-    """{"unet": TinyUNet export, "clip": sdc.graphs.clip export}, via sdc's export route, cached by source hash."""
+def exports(request, tmp_path_factory) -> dict[str, "onnx.ModelProto"]:
+    """{"unet": TinyUNet export, "clip": sdc.graphs.clip export}, via sdc's export route, cached by source hash.
+
+    Without pytest's cache (CI runs `-p no:cacheprovider`) they are exported into a temporary folder.
+    """
     pytest.importorskip("paddle")
     pytest.importorskip("paddle2onnx")
     from tests.passes import paddle_blocks
 
-    root = Path(request.config.cache.mkdir("sdc-passes-exports"))
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("sdc-passes-exports")) if cache is not None else tmp_path_factory.mktemp("exports")
     key = paddle_blocks.sources_hash()
     folder = root / key
     if not (folder / "clip.onnx").is_file():

@@ -1,0 +1,165 @@
+"""What a `sdc bench` run sets up before it times anything: machine facts, inputs, bundles, worker processes.
+
+Workers run `python -m sdc.compile.bench_worker TASK.json` with their output in a log file; a bundle
+in the work dir is reused when it was built from the same weights, options and build code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sdc.errors import InputError
+
+# sdc variant -> (passes, extra targets) of the bundle it runs
+BUNDLES = {"sdc": (False, ()), "sdc-passes": (True, ("ort-cpu",))}
+VERSIONS = ("torch", "diffusers", "transformers", "accelerate", "paddlepaddle", "paddle2onnx", "onnxruntime", "numpy",
+            "sdc")
+
+
+@dataclass
+class MachineInfo:
+    cpu: str
+    cores: int  # CPUs this process may use
+    memory_bytes: int
+    python: str
+    versions: dict[str, str]
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def machine_info() -> MachineInfo:
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = next((int(line.split()[1]) * 1024 for line in _read("/proc/meminfo").splitlines()
+                if line.startswith("MemTotal:")), 0)
+    versions = {}
+    for pkg in VERSIONS:
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return MachineInfo(cpu, len(os.sched_getaffinity(0)), mem, platform.python_version(), versions, os.getloadavg())
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def component_dims(model_dir: Path, height: int, width: int, components: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Sizes per submodel: one CFG UNet step (batch 2), the encoder on both prompts, one image through the VAE."""
+    from sdc.graphs import load_config
+    from sdc.graphs.configs import load_model_index
+    from sdc.graphs.specs import unet_multiple
+
+    index = load_model_index(model_dir)
+    down = load_config(model_dir, "vae_decoder").downscale if index.has("vae") else 8
+    seq = load_config(model_dir, "text_encoder").max_position_embeddings if index.has("text_encoder") else 77
+    multiple = down * (unet_multiple(load_config(model_dir, "unet")) if index.has("unet") else 1)
+    h, w = height, width
+    if h % multiple or w % multiple or h <= 0 or w <= 0:
+        raise InputError(f"--height {h} --width {w}: both must be positive multiples of {multiple} for this model")
+    latent = {"latent_height": h // down, "latent_width": w // down}
+    dims = {"text_encoder": {"batch": 2, "sequence": seq}, "unet": {"batch": 2, "sequence": seq, **latent},
+            "vae_decoder": {"batch": 1, **latent}, "vae_encoder": {"batch": 1, "height": h, "width": w}}
+    return {c: dims[c] for c in components}
+
+
+def write_inputs(model_dir: Path, dims: dict[str, dict[str, int]], folder: Path, seed: int) -> dict[str, Path]:
+    """One .npz of inputs per submodel, drawn once and read by every variant."""
+    from sdc.graphs import load_config
+    from sdc.graphs.specs import spec_for
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, d in dims.items():
+        inputs = spec_for(name, load_config(model_dir, name)).dummy_inputs(d, seed)
+        if name == "unet":  # one guidance step: both halves of the batch share the timestep
+            inputs["timestep"] = np.full_like(inputs["timestep"], inputs["timestep"][0])
+        paths[name] = folder / f"{name}.npz"
+        np.savez(paths[name], **inputs)
+    return paths
+
+
+def run_worker(task: dict, folder: Path, stem: str, threads: int) -> dict:
+    """Run one bench_worker task in a fresh process; its output goes to a log file beside the result."""
+    folder.mkdir(parents=True, exist_ok=True)
+    task = dict(task, result=str(folder / f"{stem}.json"), threads=threads)
+    task_path, log = folder / f"{stem}.task.json", folder / f"{stem}.log"
+    task_path.write_text(json.dumps(task), encoding="utf-8")
+    Path(task["result"]).unlink(missing_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.run([sys.executable, "-m", "sdc.compile.bench_worker", str(task_path)],
+                              stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        return json.loads(Path(task["result"]).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        return {"status": "failed", "reason": f"worker {how} without a result (out of memory?); log: {log}"}
+
+
+def build_code_hash() -> str:
+    """What a bundle's content depends on besides the weights: the build code and the exporter versions."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parent.parent  # the sdc package
+    h = hashlib.sha256()
+    for path in sorted(p for d in ("compile", "graphs", "passes") for p in (root / d).rglob("*.py")):
+        if not path.name.startswith(("bench", "cli")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    for pkg in ("paddlepaddle", "paddle2onnx", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            h.update(f"{pkg}=={version(pkg)}".encode())
+        except PackageNotFoundError:
+            pass
+    return h.hexdigest()
+
+
+def ensure_bundle(model_dir: Path, variant: str, components: tuple[str, ...], work: Path, weights: str,
+                  threads: int, rebuild: bool = False, log: Callable[[str], None] = print) -> tuple[Path | None, str]:
+    """The bundle an sdc variant runs: reused from the work dir when weights, options and build code match,
+    else built in a worker process. Returns (path or None when the build failed, a note for the report)."""
+    from sdc.runtime.bundle import read_manifest
+
+    passes, targets = BUNDLES[variant]
+    bundle = work / "bundles" / f"{variant}.bundle"
+    stamp = {"passes": passes, "targets": list(targets), "submodels": sorted(components), "weights_sha256": weights,
+             "code": build_code_hash()}
+    stamp_path = bundle.with_suffix(".json")
+    if not rebuild and bundle.is_dir() and stamp_path.is_file():
+        try:
+            same = json.loads(stamp_path.read_text(encoding="utf-8")) == stamp
+            manifest = read_manifest(bundle)
+        except Exception:  # unreadable leftovers: rebuild them
+            same = False
+        if same and manifest["source"]["weights_sha256"] == weights:
+            return bundle, f"{variant}: reused {bundle} (built {manifest['created_at']})"
+    stamp_path.unlink(missing_ok=True)
+    log(f"building {bundle} (passes={passes}, targets={list(targets)}); takes minutes for a real UNet")
+    t0 = time.perf_counter()
+    task = {"kind": "build", "model_dir": str(model_dir), "bundle": str(bundle), "passes": passes,
+            "targets": list(targets), "submodels": list(components)}
+    result = run_worker(task, work / "logs", f"build-{variant}", threads)
+    if result["status"] != "ok":
+        return None, f"{variant}: build failed: {result.get('reason')}; log: {work / 'logs' / f'build-{variant}.log'}"
+    stamp_path.write_text(json.dumps(stamp), encoding="utf-8")
+    return bundle, f"{variant}: built {bundle} in {time.perf_counter() - t0:.0f}s"

@@ -1,0 +1,191 @@
+"""One `sdc bench` measurement in a process of its own: `python -m sdc.compile.bench_worker TASK.json`.
+
+A task builds a bundle, times one variant of one submodel, or measures one library's GEMM speed. Each runs in a fresh process so
+that its peak RSS (ru_maxrss) is its own and the variants never share memory or thread pools. The
+result is a JSON file beside the task (and, for a timing, the outputs as .npz); the parent reads
+those, never this process's stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+TORCH_HINT = "install the bench extra: pip install -e '.[bench]'"
+
+
+class Skip(Exception):
+    """The variant cannot run here (a missing optional dependency): reported, not a failure."""
+
+
+def _torch_model(model_dir: Path, name: str, threads: int) -> Callable[..., dict]:
+    """diffusers/transformers on PyTorch, eager fp32, under inference_mode."""
+    try:
+        import torch
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+    except ImportError as e:
+        raise Skip(f"{type(e).__name__}: {e} ({TORCH_HINT})") from e
+
+    torch.set_num_threads(threads)
+    fp32 = torch.float32
+    if name == "text_encoder":
+        m = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=fp32)
+        fn = lambda input_ids: (lambda o: {"last_hidden_state": o.last_hidden_state,  # noqa: E731
+                                           "pooler_output": o.pooler_output})(m(input_ids=input_ids))
+    elif name == "unet":
+        m = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=fp32)
+        fn = lambda sample, timestep, encoder_hidden_states: {  # noqa: E731
+            "out_sample": m(sample, timestep, encoder_hidden_states).sample}
+    elif name == "vae_decoder":
+        m = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=fp32)
+        fn = lambda latent_sample: {"sample": m.decode(latent_sample).sample}  # noqa: E731
+    else:
+        m = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=fp32)
+        fn = lambda sample: {"latent_parameters": m.encode(sample).latent_dist.parameters}  # noqa: E731
+    m.eval()
+
+    def prepare(inputs: dict[str, np.ndarray]):
+        tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
+
+        def run() -> dict[str, np.ndarray]:
+            with torch.inference_mode():
+                return {k: v.numpy() for k, v in fn(**tensors).items()}
+
+        return run
+
+    return prepare
+
+
+def _paddle_model(model_dir: Path, name: str, threads: int) -> Callable[..., dict]:
+    """sdc's Paddle module in dygraph on CPU, under no_grad: what `sdc build` traces."""
+    import paddle
+
+    import sdc.graphs
+    from sdc.graphs.specs import spec_for
+
+    paddle.set_device("cpu")
+    paddle.base.core.set_num_threads(threads)
+    spec = spec_for(name, sdc.graphs.load_config(model_dir, name))
+    layer = sdc.graphs.load(model_dir, name)
+
+    def prepare(inputs: dict[str, np.ndarray]):
+        args = [paddle.to_tensor(inputs[n]) for n in spec.input_names]
+
+        def run() -> dict[str, np.ndarray]:
+            with paddle.no_grad():
+                out = layer(*args)
+            out = out if isinstance(out, (tuple, list)) else (out,)
+            return {n: t.numpy() for n, t in zip(spec.output_names, out)}
+
+        return run
+
+    return prepare
+
+
+def _sdc_model(bundle: Path, name: str, threads: int) -> tuple[Callable[..., dict], dict]:
+    """One submodel of a bundle in ONNX Runtime (CPU), the artifact chosen as the runtime chooses for cpu.
+
+    Mirrors `sdc.runtime.load` for a single submodel: the full pipeline would open every submodel's
+    session, and their weights would count in this process's peak RSS.
+    """
+    from sdc.runtime.bundle import read_manifest, safe_join, verify_files
+    from sdc.runtime.loader import PROVIDER_TARGET, choose_artifact
+    from sdc.runtime.models import OnnxModel, resolve_providers
+
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest, full=False)
+    sub = manifest["submodels"][name]
+    providers = resolve_providers("cpu")
+    art = choose_artifact(sub, name, PROVIDER_TARGET.get(providers[0], "portable"))
+    model = OnnxModel(safe_join(bundle, art["path"]), sub, providers, threads=threads)
+    detail = dict(artifact=f"{art['target']}/{art['precision']}", path=art["path"], sha256=art["sha256"],
+                  rewrites=_rewrites(art))
+
+    def prepare(inputs: dict[str, np.ndarray]):
+        return lambda: model(**inputs)
+
+    return prepare, detail
+
+
+def _rewrites(artifact: dict) -> str:
+    """What the passes changed, e.g. 'cleanup removed 1523 nodes; attention: MultiHeadAttention 22' ('none')."""
+    parts = []
+    for pass_name, changed in artifact.get("passes", {}).items():
+        counts = changed if isinstance(changed, dict) else {pass_name: changed}
+        if not any(counts.values()):
+            continue
+        if pass_name.startswith("cleanup"):
+            parts.append(f"{pass_name} removed {sum(counts.values())} nodes")
+        else:
+            parts.append(f"{pass_name}: " + ", ".join(f"{op} {n}" for op, n in counts.items() if n))
+    return "; ".join(parts) or "none"
+
+
+def time_variant(task: dict) -> dict:
+    """Load, warm up, then time `runs` calls; outputs of the last call go to task['outputs']."""
+    variant, name, threads = task["variant"], task["component"], task["threads"]
+    t0 = time.perf_counter()
+    detail: dict = {}
+    if variant == "torch":
+        prepare = _torch_model(Path(task["model_dir"]), name, threads)
+    elif variant == "paddle":
+        prepare = _paddle_model(Path(task["model_dir"]), name, threads)
+    else:
+        prepare, detail = _sdc_model(Path(task["bundle"]), name, threads)
+    with np.load(task["inputs"]) as z:
+        run = prepare({k: z[k] for k in z.files})
+    load_s = time.perf_counter() - t0
+    for _ in range(task["warmup"]):
+        run()
+    times = []
+    for _ in range(task["runs"]):
+        t0 = time.perf_counter()
+        outputs = run()
+        times.append(time.perf_counter() - t0)
+    np.savez(task["outputs"], **outputs)
+    return {"status": "ok", "times": times, "load_seconds": load_s, "detail": detail}
+
+
+def build_bundle(task: dict) -> dict:
+    from sdc.compile.build import build
+    from sdc.compile.context import BuildOptions
+
+    options = BuildOptions(passes=task["passes"], targets=tuple(task["targets"]), submodels=tuple(task["submodels"]))
+    result = build(Path(task["model_dir"]), Path(task["bundle"]), options, force=True)
+    return {"status": "ok", "seconds": sum(result.seconds.values()), "warnings": result.warnings}
+
+
+def measure_gemm(task: dict) -> dict:
+    from sdc.compile.bench_flops import gemm_flops_per_s
+
+    flops = gemm_flops_per_s(task["library"], task["size"], task["repeats"], task["threads"])
+    return {"status": "ok", "flops_per_s": flops}
+
+
+TASKS = {"build": build_bundle, "time": time_variant, "gemm": measure_gemm}
+
+
+def main(task_path: str) -> int:
+    task = json.loads(Path(task_path).read_text(encoding="utf-8"))
+    try:
+        result = TASKS[task["kind"]](task)
+    except Skip as e:
+        result = {"status": "skipped", "reason": str(e)}
+    except BaseException as e:  # the parent reports it; the traceback goes to stderr for debugging
+        traceback.print_exc()
+        result = {"status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    Path(task["result"]).write_text(json.dumps(result), encoding="utf-8")
+    return 0 if result["status"] != "failed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
