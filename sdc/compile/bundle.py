@@ -73,6 +73,7 @@ def manifest_for(ctx: BuildContext, files: dict) -> dict:
         submodels[name] = dict(
             sub.spec.to_json(),
             source_folder=folder_of(name),
+            program_passes=sub.program_passes,
             artifacts=[
                 {
                     "target": a.target, "precision": a.precision, "path": a.path, "data_paths": a.data_paths,

@@ -60,6 +60,7 @@ class SubmodelBuild:
     layer: Any = None  # the Paddle module (dygraph), reference for validation
     program_prefix: Path | None = None  # static program written by trace
     weight_bytes: int = 0  # parameter bytes attached to the exported graph
+    program_passes: dict[str, dict[str, int]] = field(default_factory=dict)  # rewrites of the Paddle program
     references: list = field(default_factory=list)  # [(dims, inputs, paddle outputs)] per sample shape
     artifacts: list[Artifact] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)

@@ -51,4 +51,7 @@ def trace_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paddle.jit.save(static, str(prefix))
     sub.program_prefix = prefix
+    from sdc.passes.program import run_program_passes
+
+    sub.program_passes = run_program_passes(prefix.with_suffix(".json"))
     sub.seconds["trace"] = time.perf_counter() - t0
