@@ -108,7 +108,11 @@ def build(
     if debug:
         import logging
 
-        logging.basicConfig(level=logging.INFO, format="  %(name)s: %(message)s")
+        handler = logging.StreamHandler()  # on the pass logger itself: Paddle configures the root logger
+        handler.setFormatter(logging.Formatter("    %(name)s: %(message)s"))
+        pass_log = logging.getLogger("sdc.passes")
+        pass_log.setLevel(logging.INFO)
+        pass_log.addHandler(handler)
     options = BuildOptions(opset=opset, fail_on_validation=fail_on_validation, allow_pickle=allow_pickle,
                            submodels=tuple(only) if only else None, passes=passes,
                            targets=tuple(target) if target is not None else BuildOptions.targets, debug_passes=debug)
