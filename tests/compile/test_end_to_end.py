@@ -28,7 +28,11 @@ def pipes(bundles):
 @pytest.mark.parametrize("key", sorted(CASES))
 def test_python_api_matches_diffusers(pipes, key):
     s, ref = load_pipeline_case(key)
-    image = pipes[s["family"]](**pipeline_kwargs(s, ref), output_type="np")
+    pipe = pipes[s["family"]]
+    # On CPU the runtime runs the fused (ort-cpu) graphs: this is the passes' end-to-end check too.
+    assert pipe.models["unet"].path.name == "model.ort-cpu.fp32.onnx"
+    assert pipe.models["text_encoder"].path.name == "model.ort-cpu.fp32.onnx"
+    image = pipe(**pipeline_kwargs(s, ref), output_type="np")
     err = float(np.abs(image - ref["image"]).max())
     print(f"{key}: bundle image vs diffusers max abs {err:.2e}")
     assert image.shape == ref["image"].shape
