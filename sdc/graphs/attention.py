@@ -120,10 +120,15 @@ class Transformer2DModel(nn.Layer):
 
 
 class VaeAttention(nn.Layer):
-    """The VAE mid-block's single-head spatial self-attention with its own GroupNorm and a residual."""
+    """The VAE mid-block's single-head spatial self-attention with its own GroupNorm and a residual.
+
+    Written in the same head-split form as `Attention` (one head): the split/merge are free reshapes,
+    and the graph then matches the attention fusion in `sdc.passes` like every other attention.
+    """
 
     def __init__(self, channels: int, groups: int, eps: float):
         super().__init__()
+        self.channels = channels
         self.group_norm = nn.GroupNorm(groups, channels, epsilon=eps)
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
@@ -131,9 +136,12 @@ class VaeAttention(nn.Layer):
         self.to_out = nn.LayerList([nn.Linear(channels, channels)])
         self.scale = channels**-0.5
 
+    def _split(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x.reshape([0, 0, 1, self.channels]).transpose([0, 2, 1, 3])
+
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         h = self.group_norm(x).flatten(2).transpose([0, 2, 1])  # [B, H*W, C]
-        q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)
+        q, k, v = self._split(self.to_q(h)), self._split(self.to_k(h)), self._split(self.to_v(h))
         probs = F.softmax(paddle.matmul(q, k, transpose_y=True) * self.scale, axis=-1)
-        out = self.to_out[0](paddle.matmul(probs, v))
-        return out.transpose([0, 2, 1]).reshape(paddle.shape(x)) + x
+        out = paddle.matmul(probs, v).transpose([0, 2, 1, 3]).reshape([0, 0, self.channels])
+        return self.to_out[0](out).transpose([0, 2, 1]).reshape(paddle.shape(x)) + x
