@@ -1,6 +1,6 @@
 """Times a bundle on this machine: one UNet step (CFG batch 2) and a full generation, medians of N runs.
 
-    .venv/bin/python scripts/bench_runtime.py /tmp/sd15.bundle --size 512 --steps 20 --runs 3 [--target portable]
+    .venv/bin/python scripts/bench_runtime.py out/sd15.bundle --size 512 --steps 20 --runs 3 [--target portable]
 
 Prints one line per measurement plus peak RSS; paste the output into docs/PERFORMANCE.md with the
 command and the machine.

@@ -3,8 +3,8 @@
 Runs in the reference venv (requirements-ref.txt): diffusers builds the modules, so names and
 shapes are diffusers' own, not ours. Used by the real-size build check and the benchmarks:
 
-    .venv-ref/bin/python scripts/make_random_sd.py --arch sd15 -o /tmp/sd15-random [--dtype fp16]
-    .venv/bin/sdc build /tmp/sd15-random -o /tmp/sd15.bundle
+    .venv-ref/bin/python scripts/make_random_sd.py --arch sd15 -o out/sd15-random [--dtype fp16]
+    .venv/bin/sdc build out/sd15-random -o out/sd15.bundle
 """
 
 from __future__ import annotations

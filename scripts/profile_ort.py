@@ -1,7 +1,7 @@
 """Where a bundle's submodel spends its time in ONNX Runtime: per-op-type totals from ORT's profiler.
 
-    .venv/bin/python scripts/profile_ort.py /tmp/sd15.bundle --submodel unet --target portable --size 512
-    .venv/bin/python scripts/profile_ort.py /tmp/sd15.bundle --submodel unet --target ort-cpu --size 512
+    .venv/bin/python scripts/profile_ort.py out/sd15.bundle --submodel unet --target portable --size 512
+    .venv/bin/python scripts/profile_ort.py out/sd15.bundle --submodel unet --target ort-cpu --size 512
 
 Runs `--warmup` calls, then `--runs` timed calls (UNet batch 2 = one guidance step) and prints, per
 op type, the total kernel time per call, its share, and the node count. Compare two targets to see
