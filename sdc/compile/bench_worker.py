@@ -93,19 +93,16 @@ def _paddle_model(model_dir: Path, name: str, threads: int) -> Callable[..., dic
 def _sdc_model(bundle: Path, name: str, threads: int) -> tuple[Callable[..., dict], dict]:
     """One submodel of a bundle in ONNX Runtime (CPU), the artifact chosen as the runtime chooses for cpu.
 
-    Mirrors `sdc.runtime.load` for a single submodel: the full pipeline would open every submodel's
-    session, and their weights would count in this process's peak RSS.
+    Opens it the way `sdc.runtime.load` does (`open_model`), but alone: the full pipeline would open
+    every submodel's session, and their weights would count in this process's peak RSS.
     """
-    from sdc.runtime.bundle import read_manifest, safe_join, verify_files
-    from sdc.runtime.loader import PROVIDER_TARGET, choose_artifact
-    from sdc.runtime.models import OnnxModel, resolve_providers
+    from sdc.runtime.bundle import read_manifest, verify_files
+    from sdc.runtime.loader import open_model
+    from sdc.runtime.models import resolve_providers
 
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest, full=False)
-    sub = manifest["submodels"][name]
-    providers = resolve_providers("cpu")
-    art = choose_artifact(sub, name, PROVIDER_TARGET.get(providers[0], "portable"))
-    model = OnnxModel(safe_join(bundle, art["path"]), sub, providers, threads=threads)
+    model, art = open_model(bundle, manifest, name, resolve_providers("cpu"), threads=threads)
     detail = dict(artifact=f"{art['target']}/{art['precision']}", path=art["path"], sha256=art["sha256"],
                   rewrites=_rewrites(art))
 
@@ -118,8 +115,7 @@ def _sdc_model(bundle: Path, name: str, threads: int) -> tuple[Callable[..., dic
 def _rewrites(artifact: dict) -> str:
     """What the passes changed, e.g. 'cleanup removed 1523 nodes; attention: MultiHeadAttention 22' ('none')."""
     parts = []
-    for pass_name, changed in artifact.get("passes", {}).items():
-        counts = changed if isinstance(changed, dict) else {pass_name: changed}
+    for pass_name, counts in artifact.get("passes", {}).items():
         if not any(counts.values()):
             continue
         if pass_name.startswith("cleanup"):

@@ -64,14 +64,15 @@ def plan_submodels(model_dir: Path, index, options: BuildOptions) -> list[str]:
 
 def check_targets(options: BuildOptions) -> None:
     """Every artifact is validated before it ships, so a target whose graph this machine cannot run is refused."""
-    from sdc.compile.validate import VALIDATION_PROVIDER, validation_providers
+    from sdc.compile.validate import validation_providers
+    from sdc.runtime.models import TARGET_PROVIDER
     from sdc.errors import InputError
 
     if not options.passes:
         return  # no passes, no tuned artifacts: `targets` is ignored
     for t in options.targets:
-        if t not in VALIDATION_PROVIDER:
-            raise InputError(f"--target {t}: unknown target; choose {', '.join(VALIDATION_PROVIDER)}")
+        if t not in TARGET_PROVIDER:
+            raise InputError(f"--target {t}: unknown target; choose {', '.join(TARGET_PROVIDER)}")
         validation_providers(t)  # raises when the provider is missing
 
 

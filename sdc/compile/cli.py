@@ -125,13 +125,20 @@ def build(
 
 def _fusions(passes: dict) -> str:
     """Fused-op counts of an artifact's passes, e.g. 'MultiHeadAttention 32, Gelu 16' ('-' for none)."""
-    fused: dict[str, int] = {}
-    for name, counts in passes.items():
-        if name.startswith("cleanup"):
-            continue
-        for op, n in counts.items():
-            fused[op] = fused.get(op, 0) + n
-    return ", ".join(f"{op} {n}" for op, n in fused.items() if n) or "-"
+    from sdc.passes import fused_ops
+
+    return ", ".join(f"{op} {n}" for op, n in fused_ops(passes).items()) or "-"
+
+
+def _artifact_sizes(sub: dict, files: dict) -> list[int]:
+    """Bytes each artifact adds to the bundle: weight files shared with an earlier artifact count once."""
+    counted: set[str] = set()
+    sizes = []
+    for a in sub["artifacts"]:
+        own = [p for p in [a["path"], *a.get("data_paths", [])] if p not in counted]
+        counted.update(own)
+        sizes.append(sum(files[p]["bytes"] for p in own if p in files))
+    return sizes
 
 
 def _print_summary(console, result) -> None:
@@ -140,14 +147,9 @@ def _print_summary(console, result) -> None:
     table = Table(title=f"{result.out}", show_lines=False)
     for col in ("submodel", "artifact", "size", "fusions", "max abs err", "tolerance", "status"):
         table.add_column(col, justify="right" if col in ("size", "max abs err") else "left")
-    files = result.manifest["files"]
     for name, sub in result.manifest["submodels"].items():
-        counted: set[str] = set()
-        for a in sub["artifacts"]:
+        for a, size in zip(sub["artifacts"], _artifact_sizes(sub, result.manifest["files"])):
             v = a["validation"] or {}
-            own = [p for p in [a["path"], *a["data_paths"]] if p not in counted]  # shared weights count once
-            counted.update(own)
-            size = sum(files[p]["bytes"] for p in own)
             table.add_row(name, f"{a['target']}/{a['precision']}", f"{size / 2**20:.1f} MiB", _fusions(a["passes"]),
                           f"{v.get('max_abs', float('nan')):.2e}", f"{v.get('atol', 0):g}+{v.get('rtol', 0):g}·|ref|",
                           "[green]ok[/]" if v.get("passed") else "[red]FAILED[/]")
@@ -256,13 +258,9 @@ def inspect(
     for name, sub in manifest["submodels"].items():
         fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in ts)  # noqa: E731
         io.add_row(name, fmt(sub["inputs"]), fmt(sub["outputs"]))
-        counted: set[str] = set()
-        for a in sub["artifacts"]:
+        for a, size in zip(sub["artifacts"], _artifact_sizes(sub, files)):
             v = a.get("validation") or {}
-            own = [p for p in [a["path"], *a.get("data_paths", [])] if p not in counted]  # shared weights once
-            counted.update(own)
-            arts.add_row(name, f"{a['target']}/{a['precision']}", a["path"],
-                         f"{sum(files[p]['bytes'] for p in own if p in files) / 2**20:.1f} MiB",
+            arts.add_row(name, f"{a['target']}/{a['precision']}", a["path"], f"{size / 2**20:.1f} MiB",
                          _fusions(a.get("passes") or {}), f"{v.get('max_abs', float('nan')):.2e}")
     console.print(io)
     console.print(arts)

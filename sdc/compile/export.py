@@ -119,11 +119,6 @@ def exported_model(ctx: BuildContext, sub: SubmodelBuild):
     return model
 
 
-def fused_anything(passes: dict[str, dict[str, int]]) -> bool:
-    """Whether a pipeline did more than the portable cleanup (which every artifact already has)."""
-    return any(n for name, counts in passes.items() if not name.startswith("cleanup") for n in counts.values())
-
-
 def write_artifacts(ctx: BuildContext, sub: SubmodelBuild, make_model) -> None:
     """The portable graph (cleanup passes only) and one target-tuned graph per requested target.
 
@@ -139,13 +134,13 @@ def write_artifacts(ctx: BuildContext, sub: SubmodelBuild, make_model) -> None:
     portable_passes: dict = {}
     tuned = []
     if opts.passes:
-        from sdc.passes import optimize
+        from sdc.passes import fused_ops, optimize
 
         model, report = optimize(model, "portable", debug=opts.debug_passes)
         portable_passes = report.passes
         for target in opts.targets:
             tuned_model, tuned_report = optimize(model, target, debug=opts.debug_passes)
-            if fused_anything(tuned_report.passes):
+            if fused_ops(tuned_report.passes):
                 tuned.append((target, tuned_model, tuned_report))
             else:  # identical to the portable graph: the runtime falls back to it
                 ctx.log(f"  {sub.name}: no {target} fusion applies; the portable graph serves {target}")

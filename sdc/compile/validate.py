@@ -14,22 +14,18 @@ import numpy as np
 from sdc.compile.context import Artifact, BuildContext, SubmodelBuild, Validation
 from sdc.errors import InputError, ValidationError
 from sdc.runtime.bundle import validation_path
-from sdc.runtime.models import OnnxModel
-
-
-# The ONNX Runtime provider each target's graph is validated on (its contrib ops exist only there).
-VALIDATION_PROVIDER = {"portable": "CPUExecutionProvider", "ort-cpu": "CPUExecutionProvider",
-                       "ort-cuda": "CUDAExecutionProvider", "tensorrt": "CPUExecutionProvider"}
+from sdc.runtime.models import TARGET_PROVIDER, OnnxModel, target_providers
+from sdc.runtime.verify import output_errors, within
 
 
 def validation_providers(target: str) -> list[str]:
-    import onnxruntime as ort
-
-    want = VALIDATION_PROVIDER[target]
-    if want not in ort.get_available_providers():
+    """The providers a target's graph is validated on; refuses a target this machine cannot run."""
+    providers = target_providers(target)
+    if providers is None:
+        want = TARGET_PROVIDER[target]
         raise InputError(f"--target {target}: its graph can only be validated with {want}, which this onnxruntime "
                          f"lacks; build that target on a machine with it (onnxruntime-gpu and a GPU)")
-    return [want] if want == "CPUExecutionProvider" else [want, "CPUExecutionProvider"]
+    return providers
 
 
 def compare(references: list, run, atol: float, rtol: float) -> Validation:
@@ -38,19 +34,15 @@ def compare(references: list, run, atol: float, rtol: float) -> Validation:
     max_abs = max_rel = 0.0
     ok = True
     for dims, inputs, expected in references:
-        got = run(**inputs)
-        for name, ref in expected.items():
-            out = got[name]
-            if out.shape != ref.shape:
-                raise ValidationError(f"output {name} has shape {list(out.shape)}, Paddle gives {list(ref.shape)} at {dims}")
-            err = float(np.max(np.abs(out.astype(np.float64) - ref))) if ref.size else 0.0
-            scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-            if not np.isfinite(err):
-                err = float("inf")
+        try:
+            errors = output_errors(run(**inputs), expected)
+        except ValidationError as e:
+            raise ValidationError(f"{e} (Paddle) at {dims}")
+        for name, (err, scale) in errors.items():
             per_output[name] = max(per_output.get(name, 0.0), err)
             max_abs = max(max_abs, err)
             max_rel = max(max_rel, err / scale if scale > 0 else err)
-            ok &= err <= atol + rtol * scale
+            ok &= within(err, scale, atol, rtol)
     return Validation(max_abs, max_rel, atol, rtol, [d for d, _, _ in references], per_output, ok)
 
 

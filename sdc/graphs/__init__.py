@@ -20,12 +20,15 @@ def folder_of(name: str) -> str:
 
 
 def load_config(model_dir: Path, name: str):
-    """The typed config of submodel `name`."""
-    from sdc.graphs import configs
-
+    """The typed config of submodel `name` of a diffusers pipeline folder."""
     if name not in SUBMODELS:
         raise ConfigError(model_dir, None, f"unknown submodel {name!r}", f"choose one of {', '.join(SUBMODELS)}")
-    path = Path(model_dir) / folder_of(name) / "config.json"
+    return _parse_config(Path(model_dir) / folder_of(name) / "config.json", name)
+
+
+def _parse_config(path: Path, name: str):
+    from sdc.graphs import configs
+
     if name.startswith("text_encoder"):
         return configs.load_clip_config(path)
     if name == "unet":
@@ -60,13 +63,19 @@ def _ignore_for(name: str):
 
 def load(model_dir, name: str, dtype: str = "float32", allow_pickle: bool = False):
     """Submodel `name` of the diffusers folder `model_dir` as a Paddle Layer with its weights loaded."""
+    model_dir = Path(model_dir)
+    load_config(model_dir, name)  # names the pipeline folder when `name` is unknown
+    return load_folder(model_dir / folder_of(name), name, dtype, allow_pickle)
+
+
+def load_folder(folder, name: str, dtype: str = "float32", allow_pickle: bool = False):
+    """Submodel `name` from one submodel folder (config.json + weights), e.g. a standalone UNet or VAE."""
     import paddle
 
     from sdc.graphs.weights import assign_weights, find_weight_files, read_weights
 
-    model_dir = Path(model_dir)
-    cfg = load_config(model_dir, name)
-    folder = model_dir / folder_of(name)
+    folder = Path(folder)
+    cfg = _parse_config(folder / "config.json", name)
     files = find_weight_files(folder, allow_pickle=allow_pickle)
     tensors = read_weights(files)
     layer = build(name, cfg)

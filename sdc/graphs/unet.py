@@ -17,6 +17,16 @@ from sdc.graphs.configs import UNetConfig
 from sdc.graphs.layers import Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, conv2d, timestep_features
 
 
+def transformers(cfg: UNetConfig, r: int, channels: int, n: int) -> nn.LayerList:
+    """`n` spatial transformers with block `r`'s heads, depth and cross-attention width (r: down-block index)."""
+    return nn.LayerList([
+        Transformer2DModel(channels, cfg.num_attention_heads[r], cfg.transformer_layers_per_block[r],
+                           cfg.cross_attention_dim[r], cfg.norm_num_groups, cfg.use_linear_projection,
+                           cfg.upcast_attention)
+        for _ in range(n)
+    ])
+
+
 class DownBlock(nn.Layer):
     """CrossAttnDownBlock2D (with `attentions`) or DownBlock2D (without)."""
 
@@ -27,11 +37,7 @@ class DownBlock(nn.Layer):
         self.resnets = nn.LayerList([ResnetBlock2D(cin if j == 0 else cout, cout, temb, g, eps) for j in range(n)])
         self.cross = cross
         if cross:
-            self.attentions = nn.LayerList([
-                Transformer2DModel(cout, cfg.num_attention_heads[i], cfg.transformer_layers_per_block[i],
-                                   cfg.cross_attention_dim[i], g, cfg.use_linear_projection, cfg.upcast_attention)
-                for _ in range(n)
-            ])
+            self.attentions = transformers(cfg, i, cout, n)
         if downsample:
             self.downsamplers = nn.LayerList([Downsample2D(cout, padding=cfg.downsample_padding)])
         self.downsample = downsample
@@ -62,11 +68,7 @@ class UpBlock(nn.Layer):
         ])
         self.cross = cross
         if cross:
-            self.attentions = nn.LayerList([
-                Transformer2DModel(cout, cfg.num_attention_heads[r], cfg.transformer_layers_per_block[r],
-                                   cfg.cross_attention_dim[r], g, cfg.use_linear_projection, cfg.upcast_attention)
-                for _ in range(n)
-            ])
+            self.attentions = transformers(cfg, r, cout, n)
         if upsample:
             self.upsamplers = nn.LayerList([Upsample2D(cout)])
         self.upsample = upsample
@@ -88,10 +90,7 @@ class MidBlock(nn.Layer):
         super().__init__()
         g, eps, s = cfg.norm_num_groups, cfg.norm_eps, cfg.mid_block_scale_factor
         self.resnets = nn.LayerList([ResnetBlock2D(channels, channels, temb, g, eps, s) for _ in range(2)])
-        self.attentions = nn.LayerList([
-            Transformer2DModel(channels, cfg.num_attention_heads[-1], cfg.transformer_layers_per_block[-1],
-                               cfg.cross_attention_dim[-1], g, cfg.use_linear_projection, cfg.upcast_attention)
-        ])
+        self.attentions = transformers(cfg, -1, channels, 1)
 
     def forward(self, h, temb, context):
         h = self.resnets[0](h, temb)

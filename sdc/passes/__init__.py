@@ -19,6 +19,19 @@ def optimize(model: onnx.ModelProto, target: str, debug: bool = False) -> tuple[
     return _optimize(model, target, debug)
 
 
+def fused_ops(passes: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Ops the fusion passes of one artifact created, summed over passes (cleanup, which every artifact
+    has, is not a fusion), e.g. {"MultiHeadAttention": 32, "Gelu": 16}; empty when nothing fused."""
+    fused: dict[str, int] = {}
+    for name, counts in passes.items():
+        if name.startswith("cleanup"):
+            continue
+        for op, n in counts.items():
+            if n:
+                fused[op] = fused.get(op, 0) + n
+    return fused
+
+
 def __getattr__(name: str):
     if name == "PassReport":
         from sdc.passes.onnx.optimize import PassReport

@@ -25,6 +25,14 @@ def choose_artifact(sub: dict, name: str, target: str = "portable", precision: s
     raise BundleError(f"manifest.json: submodel {name} has no usable artifact; rebuild the bundle")
 
 
+def open_model(root: Path, manifest: dict, name: str, providers: list[str], target: str | None = None,
+               threads: int = 0) -> tuple[OnnxModel, dict]:
+    """One submodel's session and the artifact it runs: `target`, else the one tuned for the first provider."""
+    sub = manifest["submodels"][name]
+    art = choose_artifact(sub, name, target or PROVIDER_TARGET.get(providers[0], "portable"))
+    return OnnxModel(safe_join(Path(root), art["path"]), sub, providers, threads=threads), art
+
+
 def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, target: str | None = None):
     """Load a bundle as a StableDiffusionPipeline; `pipe.models[name](**inputs)` runs one submodel.
 
@@ -42,11 +50,7 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     if verify != "none":
         verify_files(root, manifest, full=verify == "full")
     providers = resolve_providers(provider)
-    target = target or PROVIDER_TARGET.get(providers[0], "portable")
-    models = {}
-    for name, sub in manifest["submodels"].items():
-        art = choose_artifact(sub, name, target)
-        models[name] = OnnxModel(safe_join(root, art["path"]), sub, providers, threads=threads)
+    models = {name: open_model(root, manifest, name, providers, target, threads)[0] for name in manifest["submodels"]}
     tok_dir = safe_join(root, TOKENIZER_DIRS["text_encoder"])
     tokenizer = CLIPTokenizer.from_folder(tok_dir)
     scheduler_config = json.loads(safe_join(root, SCHEDULER_CONFIG).read_text(encoding="utf-8"))

@@ -15,6 +15,22 @@ PROVIDERS = {
 }
 
 
+# The provider each artifact target's graph needs (its contrib ops exist only there); the TensorRT
+# target's ONNX graph is standard ONNX, so ONNX Runtime's CPU provider runs it too.
+TARGET_PROVIDER = {"portable": "CPUExecutionProvider", "ort-cpu": "CPUExecutionProvider",
+                   "ort-cuda": "CUDAExecutionProvider", "tensorrt": "CPUExecutionProvider"}
+
+
+def target_providers(target: str) -> list[str] | None:
+    """Providers that run a `target` artifact here, or None when this onnxruntime lacks the one it needs."""
+    import onnxruntime as ort
+
+    want = TARGET_PROVIDER[target]
+    if want not in ort.get_available_providers():
+        return None
+    return [want] if want == "CPUExecutionProvider" else [want, "CPUExecutionProvider"]
+
+
 def resolve_providers(provider: str) -> list[str]:
     """`auto` picks CUDA when this onnxruntime build has it; asking for a missing one is an error."""
     import onnxruntime as ort

@@ -7,9 +7,7 @@ import pytest
 
 paddle = pytest.importorskip("paddle")
 
-from sdc.graphs import build, load  # noqa: E402
-from sdc.graphs.configs import load_unet_config  # noqa: E402
-from sdc.graphs.weights import assign_weights, find_weight_files, read_weights  # noqa: E402
+from sdc.graphs import load, load_folder  # noqa: E402
 from tests.conftest import FAMILIES, FIXTURES, REFS, load_cases  # noqa: E402
 
 ATOL = 1e-4
@@ -43,11 +41,7 @@ def test_matches_diffusers(family: str, name: str) -> None:
 
 def test_inpainting_unet_with_odd_latent_sizes() -> None:
     """9-channel input, centred input, mid-block scale, custom time embedding width; includes a 5x7 latent."""
-    folder = FIXTURES / "unet-inpaint"
-    cfg = load_unet_config(folder / "config.json")
-    layer = build("unet", cfg)
-    with paddle.no_grad():
-        assign_weights(layer, read_weights(find_weight_files(folder)), str(folder))
+    layer = load_folder(FIXTURES / "unet-inpaint", "unet")
     cases = load_cases(REFS / "unet-inpaint" / "unet.npz")
     assert any(c["sample"].shape[2] % 2 for c in cases.values())
     _check(layer, "unet", cases, "unet-inpaint")
@@ -56,25 +50,11 @@ def test_inpainting_unet_with_odd_latent_sizes() -> None:
 VARIANTS = FIXTURES / "variants"
 
 
-def _variant_layer(folder, name: str):
-    from sdc.graphs import load_config  # noqa: F401  (same parsing path as pipelines)
-    from sdc.graphs.configs import load_vae_config
-    from sdc.graphs.weights import canonical_key
-
-    cfg = (load_unet_config if name == "unet" else load_vae_config)(folder / "config.json")
-    layer = build(name, cfg)
-    prefixes = {"vae_encoder": ("encoder.", "quant_conv."), "vae_decoder": ("decoder.", "post_quant_conv.")}.get(name)
-    ignore = (lambda k: not canonical_key(k).startswith(prefixes)) if prefixes else (lambda k: False)
-    with paddle.no_grad():
-        assign_weights(layer, read_weights(find_weight_files(folder)), str(folder), ignore=ignore)
-    return layer
-
-
 @pytest.mark.parametrize("variant", sorted(p.name for p in VARIANTS.glob("unet-*")))
 def test_unet_config_variants(variant: str) -> None:
     """Block order, per-block lists, no mid block, four levels, odd latents, other kernels and paddings."""
     folder = VARIANTS / variant
-    _check(_variant_layer(folder, "unet"), "unet", load_cases(folder / "refs.npz"), variant)
+    _check(load_folder(folder, "unet"), "unet", load_cases(folder / "refs.npz"), variant)
 
 
 @pytest.mark.parametrize("variant", sorted(p.name for p in VARIANTS.glob("vae-*")))
@@ -84,5 +64,5 @@ def test_vae_config_variants(variant: str) -> None:
     enc = {c: dict(sample=d["image"], latent_parameters=d["latent_parameters"]) for c, d in cases.items()}
     dec = {c: dict(latent_sample=d["latent_sample"], sample=d["decoded"]) for c, d in cases.items()}
     for name, sub_cases in (("vae_encoder", enc), ("vae_decoder", dec)):
-        layer = _variant_layer(folder, name)
+        layer = load_folder(folder, name)
         _check(layer, name, sub_cases, f"{variant}/{name}")

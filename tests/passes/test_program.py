@@ -22,6 +22,7 @@ import paddle.nn.functional as F  # noqa: E402
 from paddle import nn  # noqa: E402
 
 from sdc.passes.program import run_program_passes  # noqa: E402
+from sdc.passes.program.base import iter_ops  # noqa: E402
 from sdc.passes.program.float64_attributes import float64_attributes  # noqa: E402
 
 EPS = 1e-6
@@ -54,7 +55,7 @@ def as_paddle_33(text: str) -> str:
     """Retype group_norm.epsilon and interpolation scales as float64, the way paddlepaddle 3.3 writes them."""
     program = json.loads(text)
     n = 0
-    for op in _ops(program):
+    for op in iter_ops(program):
         for attr in op["A"]:
             if isinstance(attr, dict) and attr.get("N") in ("epsilon", "scale"):
                 values = attr["AT"]["D"] if attr["AT"]["#"] == "0.a_array" else [attr["AT"]]
@@ -64,17 +65,6 @@ def as_paddle_33(text: str) -> str:
                     n += 1
     assert n == 3  # epsilon + two scales
     return json.dumps(program)
-
-
-def _ops(node):
-    if isinstance(node, dict):
-        if isinstance(node.get("A"), list) and isinstance(node.get("#"), str):
-            yield node
-        for v in node.values():
-            yield from _ops(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _ops(v)
 
 
 def export(program, out) -> subprocess.CompletedProcess:
@@ -114,7 +104,7 @@ def test_group_norm_epsilon_alone_is_silently_wrong_without_the_pass(saved, tmp_
     """Only the epsilon retyped: paddle2onnx exports without complaint, with a garbage epsilon."""
     program, _ = saved
     data = json.loads(program.read_text())
-    for op in _ops(data):
+    for op in iter_ops(data):
         if op["#"].endswith("group_norm"):
             for attr in op["A"]:
                 if isinstance(attr, dict) and attr.get("N") == "epsilon":
