@@ -1,5 +1,5 @@
 """`python -m sdc` runs the CLI."""
 
-from sdc.compile.cli import main
+from sdc.cli import main
 
 main()

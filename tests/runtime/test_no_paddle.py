@@ -20,7 +20,7 @@ def run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_help_without_paddle():
-    p = run("import sys; sys.argv=['sdc','--help']\nfrom sdc.compile.cli import main\nmain()")
+    p = run("import sys; sys.argv=['sdc','--help']\nfrom sdc.cli import main\nmain()")
     assert p.returncode == 0, p.stderr
     for cmd in ("build", "generate", "inspect", "verify"):
         assert cmd in p.stdout

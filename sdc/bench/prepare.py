@@ -1,6 +1,6 @@
 """What a `sdc bench` run sets up before it times anything: machine facts, inputs, bundles, worker processes.
 
-Workers run `python -m sdc.compile.bench_worker TASK.json` with their output in a log file; a bundle
+Workers run `python -m sdc.bench.worker TASK.json` with their output in a log file; a bundle
 in the work dir is reused when it was built from the same weights, options and build code.
 """
 
@@ -99,7 +99,7 @@ def write_inputs(model_dir: Path, dims: dict[str, dict[str, int]], folder: Path,
 
 
 def run_worker(task: dict, folder: Path, stem: str, threads: int) -> dict:
-    """Run one bench_worker task in a fresh process; its output goes to a log file beside the result."""
+    """Run one sdc.bench.worker task in a fresh process; its output goes to a log file beside the result."""
     folder.mkdir(parents=True, exist_ok=True)
     task = dict(task, result=str(folder / f"{stem}.json"), threads=threads)
     task_path, log = folder / f"{stem}.task.json", folder / f"{stem}.log"
@@ -107,7 +107,7 @@ def run_worker(task: dict, folder: Path, stem: str, threads: int) -> dict:
     Path(task["result"]).unlink(missing_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log, "w", encoding="utf-8") as out:
-        proc = subprocess.run([sys.executable, "-m", "sdc.compile.bench_worker", str(task_path)],
+        proc = subprocess.run([sys.executable, "-m", "sdc.bench.worker", str(task_path)],
                               stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         return json.loads(Path(task["result"]).read_text(encoding="utf-8"))

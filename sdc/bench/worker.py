@@ -1,4 +1,4 @@
-"""One `sdc bench` measurement in a process of its own: `python -m sdc.compile.bench_worker TASK.json`.
+"""One `sdc bench` measurement in a process of its own: `python -m sdc.bench.worker TASK.json`.
 
 A task builds a bundle, times one variant of one submodel, or measures one library's GEMM speed. Each runs in a fresh process so
 that its peak RSS (ru_maxrss) is its own and the variants never share memory or thread pools. The
@@ -160,7 +160,7 @@ def build_bundle(task: dict) -> dict:
 
 
 def measure_gemm(task: dict) -> dict:
-    from sdc.compile.bench_flops import gemm_flops_per_s
+    from sdc.bench.flops import gemm_flops_per_s
 
     flops = gemm_flops_per_s(task["library"], task["size"], task["repeats"], task["threads"])
     return {"status": "ok", "flops_per_s": flops}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sdc.compile.bench import BenchResult, ComponentResult, VariantRun
+from sdc.bench.run import BenchResult, ComponentResult, VariantRun
 
 HEADING = "## sdc bench"
 COLUMNS = ("component", "variant", "median s", "min–max s", "load s", "RSS GiB", "speedup", "of floor",

@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 
-from sdc.compile.bench import BenchOptions, bench
-from sdc.compile.bench_report import HEADING, markdown_section, write_markdown
-from sdc.compile.bench_setup import ensure_bundle
+from sdc.bench.run import BenchOptions, bench
+from sdc.bench.report import HEADING, markdown_section, write_markdown
+from sdc.bench.prepare import ensure_bundle
 from tests.conftest import FIXTURES, run_sdc
 
 TINY = FIXTURES / "sd1-tiny"

@@ -1,7 +1,7 @@
 """`sdc bench` as a function: each submodel, on identical inputs, through diffusers/PyTorch, Paddle and sdc bundles.
 
 Inputs are drawn once with numpy and saved; every variant of a submodel reads the same file in a
-process of its own (`bench_worker`), so its peak RSS is its own. Variants: `torch` (diffusers eager
+process of its own (`sdc.bench.worker`), so its peak RSS is its own. Variants: `torch` (diffusers eager
 fp32, optional), `paddle` (sdc's Paddle module in dygraph), `sdc` (bundle built without passes, in
 ONNX Runtime) and `sdc-passes` (bundle with passes and the ort-cpu target). The result holds medians,
 peak memory, speedups over the first variant that ran, agreement with its outputs, and the FLOPs floor
@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from sdc.compile.bench_flops import GemmThroughput
-from sdc.compile.bench_setup import (BUNDLES, MachineInfo, component_dims, ensure_bundle, machine_info, run_worker,
+from sdc.bench.flops import GemmThroughput
+from sdc.bench.prepare import (BUNDLES, MachineInfo, component_dims, ensure_bundle, machine_info, run_worker,
                                      write_inputs)
 from sdc.errors import InputError
 
@@ -131,7 +131,7 @@ def measure_gemm(options: BenchOptions, work: Path, threads: int, log: Callable[
 
 def count_flops(bundle: Path, comp: ComponentResult, dims: dict[str, int], model_dir: Path) -> None:
     """Graph FLOPs from the bundle's portable artifact; the UNet's also analytically."""
-    from sdc.compile.bench_flops import graph_flops, unet_flops_analytic
+    from sdc.bench.flops import graph_flops, unet_flops_analytic
     from sdc.runtime.bundle import read_manifest, safe_join
     from sdc.runtime.loader import choose_artifact
 

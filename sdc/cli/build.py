@@ -1,0 +1,125 @@
+"""`sdc build`: a diffusers folder to a validated bundle, with one progress line per stage and a summary table."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sdc.cli.app import stderr_console, finish, app
+
+
+class _RichReporter:
+    """One status line per stage and submodel while it runs, a checked line when it ends."""
+
+    def __init__(self, console):
+        self.console = console
+
+    def step(self, stage: str, submodel: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            t0 = time.perf_counter()
+            with self.console.status(f"{stage} {submodel} ..."):
+                yield
+            self.console.print(f"  [green]✓[/] {stage:10s} {submodel:16s} {time.perf_counter() - t0:7.1f}s")
+
+        return cm()
+
+    def log(self, message: str) -> None:
+        self.console.print(f"  {message}")
+
+
+@app.command()
+def build(
+    model_dir: Annotated[Path, typer.Argument(help="A diffusers-format Stable Diffusion folder (model_index.json).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Bundle to write, e.g. out/sd15.bundle.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).", min=17)] = 17,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Build only these submodels (repeatable).")] = None,
+    fail_on_validation: Annotated[
+        bool, typer.Option("--fail-on-validation/--no-fail-on-validation", help="Fail when an artifact is off.")
+    ] = True,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle", help="Load .bin/.ckpt pickle weights (runs code from the file!).")
+    ] = False,
+    passes: Annotated[
+        bool, typer.Option("--passes/--no-passes", help="Run graph-rewrite passes (--no-passes ships the raw export).")
+    ] = True,
+    target: Annotated[
+        Optional[list[str]],
+        typer.Option("--target", help="Extra target-tuned artifact beside the portable one (repeatable): "
+                     "ort-cpu, ort-cuda, tensorrt. Default: ort-cpu."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Log why each fusion pass matched nothing.")] = False,
+) -> None:
+    """Build a validated, checksummed bundle from a diffusers checkpoint.
+
+    Stages per submodel: load weights, reference outputs (Paddle), trace to a static program, export
+    ONNX, validate ONNX Runtime against Paddle at two shapes per dynamic axis; then write the bundle
+    atomically. An artifact over tolerance fails the build.
+    """
+    from sdc.compile.build import build as run_build
+    from sdc.compile.context import BuildOptions
+
+    t0 = time.perf_counter()
+    console = stderr_console()
+    console.print(f"[bold]sdc build[/] {model_dir} -> {out}")
+    if target and not passes:
+        from sdc.errors import InputError
+
+        raise InputError(f"--target {target[0]} needs the passes that tune it; drop --no-passes or the --target")
+    if debug:
+        import logging
+
+        handler = logging.StreamHandler()  # on the pass logger itself: Paddle configures the root logger
+        handler.setFormatter(logging.Formatter("    %(name)s: %(message)s"))
+        pass_log = logging.getLogger("sdc.passes")
+        pass_log.setLevel(logging.INFO)
+        pass_log.addHandler(handler)
+    options = BuildOptions(opset=opset, fail_on_validation=fail_on_validation, allow_pickle=allow_pickle,
+                           submodels=tuple(only) if only else None, passes=passes,
+                           targets=tuple(target) if target is not None else BuildOptions.targets, debug_passes=debug)
+    result = run_build(model_dir, out, options, force=force, reporter=_RichReporter(console))
+    _print_summary(console, result)
+    for w in result.warnings:
+        console.print(f"[bold red]WARNING[/] {w}")
+    finish(not result.warnings, t0)
+
+
+def fusions_text(passes: dict) -> str:
+    """Fused-op counts of an artifact's passes, e.g. 'MultiHeadAttention 32, Gelu 16' ('-' for none)."""
+    from sdc.passes import fused_ops
+
+    return ", ".join(f"{op} {n}" for op, n in fused_ops(passes).items()) or "-"
+
+
+def artifact_sizes(sub: dict, files: dict) -> list[int]:
+    """Bytes each artifact adds to the bundle: weight files shared with an earlier artifact count once."""
+    counted: set[str] = set()
+    sizes = []
+    for a in sub["artifacts"]:
+        own = [p for p in [a["path"], *a.get("data_paths", [])] if p not in counted]
+        counted.update(own)
+        sizes.append(sum(files[p]["bytes"] for p in own if p in files))
+    return sizes
+
+
+def _print_summary(console, result) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.out}", show_lines=False)
+    for col in ("submodel", "artifact", "size", "fusions", "max abs err", "tolerance", "status"):
+        table.add_column(col, justify="right" if col in ("size", "max abs err") else "left")
+    for name, sub in result.manifest["submodels"].items():
+        for a, size in zip(sub["artifacts"], artifact_sizes(sub, result.manifest["files"])):
+            v = a["validation"] or {}
+            table.add_row(name, f"{a['target']}/{a['precision']}", f"{size / 2**20:.1f} MiB", fusions_text(a["passes"]),
+                          f"{v.get('max_abs', float('nan')):.2e}", f"{v.get('atol', 0):g}+{v.get('rtol', 0):g}·|ref|",
+                          "[green]ok[/]" if v.get("passed") else "[red]FAILED[/]")
+    console.print(table)
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    console.print(f"stage times: {times}")
