@@ -12,7 +12,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,8 +20,12 @@ import numpy as np
 
 from sdc.errors import InputError
 
-# sdc variant -> (passes, extra targets) of the bundle it runs
-BUNDLES = {"sdc": (False, ()), "sdc-passes": (True, ("ort-cpu",))}
+# sdc variant -> (passes, extra targets, precisions) of the bundle it runs; the variant runs the first precision
+BUNDLES = {"sdc": (False, (), ("fp32",)), "sdc-passes": (True, ("ort-cpu",), ("fp32",)),
+           "sdc-int8": (True, ("ort-cpu",), ("int8",)), "sdc-w8": (True, ("ort-cpu",), ("w8",))}
+# CPU features INT8 and fp16 speed depend on (x86 /proc/cpuinfo flag names).
+CPU_FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "VNNI": ("avx512_vnni", "avx_vnni"),
+                "AMX": ("amx_int8", "amx_bf16", "amx_tile"), "AVX512-FP16": ("avx512_fp16",)}
 VERSIONS = ("torch", "diffusers", "transformers", "accelerate", "paddlepaddle", "paddle2onnx", "onnxruntime", "numpy",
             "sdc")
 
@@ -35,6 +39,10 @@ class MachineInfo:
     versions: dict[str, str]
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    features: dict[str, bool] = field(default_factory=dict)  # CPU_FEATURES present on this CPU
+
+    def features_text(self) -> str:
+        return ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in self.features.items()) or "unknown"
 
 
 def machine_info() -> MachineInfo:
@@ -53,7 +61,18 @@ def machine_info() -> MachineInfo:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             versions[pkg] = "not installed"
-    return MachineInfo(cpu, len(os.sched_getaffinity(0)), mem, platform.python_version(), versions, os.getloadavg())
+    return MachineInfo(cpu, len(os.sched_getaffinity(0)), mem, platform.python_version(), versions, os.getloadavg(),
+                       features=cpu_features())
+
+
+def cpu_features() -> dict[str, bool]:
+    """Which of CPU_FEATURES this CPU has, from the flags line of /proc/cpuinfo (empty where it is unreadable)."""
+    flags: set[str] = set()
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return {name: any(f in flags for f in names) for name, names in CPU_FEATURES.items()} if flags else {}
 
 
 def _read(path: str) -> str:
@@ -140,10 +159,12 @@ def ensure_bundle(model_dir: Path, variant: str, components: tuple[str, ...], wo
     else built in a worker process. Returns (path or None when the build failed, a note for the report)."""
     from sdc.runtime.bundle import read_manifest
 
-    passes, targets = BUNDLES[variant]
+    passes, targets, precisions = BUNDLES[variant]
+    # Calibration runs the whole pipeline: a reduced-precision bundle holds every submodel.
+    submodels = sorted(components) if precisions == ("fp32",) else None
     bundle = work / "bundles" / f"{variant}.bundle"
-    stamp = {"passes": passes, "targets": list(targets), "submodels": sorted(components), "weights_sha256": weights,
-             "code": build_code_hash()}
+    stamp = {"passes": passes, "targets": list(targets), "submodels": submodels, "weights_sha256": weights,
+             "code": build_code_hash(), "precisions": list(precisions)}
     stamp_path = bundle.with_suffix(".json")
     if not rebuild and bundle.is_dir() and stamp_path.is_file():
         try:
@@ -154,10 +175,11 @@ def ensure_bundle(model_dir: Path, variant: str, components: tuple[str, ...], wo
         if same and manifest["source"]["weights_sha256"] == weights:
             return bundle, f"{variant}: reused {bundle} (built {manifest['created_at']})"
     stamp_path.unlink(missing_ok=True)
-    log(f"building {bundle} (passes={passes}, targets={list(targets)}); takes minutes for a real UNet")
+    log(f"building {bundle} (passes={passes}, targets={list(targets)}, precisions={list(precisions)}); "
+        f"takes minutes for a real UNet")
     t0 = time.perf_counter()
     task = {"kind": "build", "model_dir": str(model_dir), "bundle": str(bundle), "passes": passes,
-            "targets": list(targets), "submodels": list(components)}
+            "targets": list(targets), "submodels": submodels, "precisions": list(precisions)}
     result = run_worker(task, work / "logs", f"build-{variant}", threads)
     if result["status"] != "ok":
         return None, f"{variant}: build failed: {result.get('reason')}; log: {work / 'logs' / f'build-{variant}.log'}"

@@ -33,7 +33,7 @@ def run_row(comp: ComponentResult, r: VariantRun) -> list[str]:
         "—" if r.floor_fraction is None else f"{100 * r.floor_fraction:.1f}%",
         "—" if base else f"{r.max_abs_diff:.2e}",
         "—" if base else f"{rel:.1e}",
-        "—" if base else ("yes" if r.agrees else "NO"),
+        "—" if base else ("n/a (random inputs; see sdc compare)" if r.agrees is None else "yes" if r.agrees else "NO"),
     ]
 
 
@@ -63,6 +63,7 @@ def header_lines(result: BenchResult) -> list[str]:
         f"load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in m.load_before)} at start, "
         f"{'/'.join(f'{x:.2f}' for x in m.load_after)} at end.",
         f"Software: Python {m.python}; {versions}.",
+        f"CPU features (INT8 and fp16 speed depend on them): {m.features_text()}.",
         f"Each variant of each submodel ran in its own process with {o.threads or m.cores} threads on identical "
         f"inputs (numpy, seed {o.seed}): {o.warmup} warm-up call(s), then {o.runs} timed; median reported. "
         f"Speedup = t(baseline) / t; the baseline is the first variant that ran (torch when available). "
@@ -89,7 +90,9 @@ def markdown_section(result: BenchResult) -> str:
              "Variants: **torch** = diffusers on PyTorch, eager fp32 (`torch.inference_mode`); **paddle** = sdc's "
              "Paddle modules in dygraph (`paddle.no_grad`); **sdc** = the bundle built without passes, in ONNX Runtime "
              "(CPU provider; ORT's own graph optimisations still run); **sdc-passes** = the bundle built with passes "
-             "and the `ort-cpu` target, running the artifact the runtime picks for the CPU provider. UNet = one "
+             "and the `ort-cpu` target, running the artifact the runtime picks for the CPU provider; **sdc-int8** / **sdc-w8** = "
+             "the bundle built with `--precision int8` / `w8` (calibrated on sdc's default prompts), its ort-cpu "
+             "artifact of that precision. UNet = one "
              "classifier-free-guidance step (batch 2), text encoder = 2 prompts, VAE = one image.", ""]
     lines += [f"{x}\n" for x in header_lines(result)]
     lines += _md_table(("component", "inputs", "FLOPs (ONNX graph)", "FLOPs (analytic)", "floor"), flops_rows(result))
@@ -112,11 +115,11 @@ def artifact_notes(result: BenchResult) -> list[str]:
     return out
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Put the section into `path`: replace an existing `## sdc bench` section, keep every other section."""
+def write_markdown(path: Path, section: str, heading: str = HEADING) -> None:
+    """Put the section into `path`: replace an existing section under `heading`, keep every other section."""
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\s*$.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    pattern = re.compile(rf"^{re.escape(heading)}\s*$.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:

@@ -90,7 +90,7 @@ def _paddle_model(model_dir: Path, name: str, threads: int) -> Callable[..., dic
     return prepare
 
 
-def _sdc_model(bundle: Path, name: str, threads: int) -> tuple[Callable[..., dict], dict]:
+def _sdc_model(bundle: Path, name: str, threads: int, precision: str = "fp32") -> tuple[Callable[..., dict], dict]:
     """One submodel of a bundle in ONNX Runtime (CPU), the artifact chosen as the runtime chooses for cpu.
 
     Opens it the way `sdc.runtime.load` does (`open_model`), but alone: the full pipeline would open
@@ -102,7 +102,7 @@ def _sdc_model(bundle: Path, name: str, threads: int) -> tuple[Callable[..., dic
 
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest, full=False)
-    model, art = open_model(bundle, manifest, name, resolve_providers("cpu"), threads=threads)
+    model, art = open_model(bundle, manifest, name, resolve_providers("cpu"), threads=threads, precision=precision)
     detail = dict(artifact=f"{art['target']}/{art['precision']}", path=art["path"], sha256=art["sha256"],
                   rewrites=_rewrites(art))
 
@@ -135,7 +135,7 @@ def time_variant(task: dict) -> dict:
     elif variant == "paddle":
         prepare = _paddle_model(Path(task["model_dir"]), name, threads)
     else:
-        prepare, detail = _sdc_model(Path(task["bundle"]), name, threads)
+        prepare, detail = _sdc_model(Path(task["bundle"]), name, threads, task.get("precision", "fp32"))
     with np.load(task["inputs"]) as z:
         run = prepare({k: z[k] for k in z.files})
     load_s = time.perf_counter() - t0
@@ -154,7 +154,9 @@ def build_bundle(task: dict) -> dict:
     from sdc.compile.build import build
     from sdc.compile.context import BuildOptions
 
-    options = BuildOptions(passes=task["passes"], targets=tuple(task["targets"]), submodels=tuple(task["submodels"]))
+    subs = task.get("submodels")
+    options = BuildOptions(passes=task["passes"], targets=tuple(task["targets"]), submodels=tuple(subs) if subs else None,
+                           precisions=tuple(task.get("precisions", ("fp32",))))
     result = build(Path(task["model_dir"]), Path(task["bundle"]), options, force=True)
     return {"status": "ok", "seconds": sum(result.seconds.values()), "warnings": result.warnings}
 
@@ -166,7 +168,39 @@ def measure_gemm(task: dict) -> dict:
     return {"status": "ok", "flops_per_s": flops}
 
 
-TASKS = {"build": build_bundle, "time": time_variant, "gemm": measure_gemm}
+def generate_images(task: dict) -> dict:
+    """`sdc compare`'s variant: the whole pipeline of a bundle at one precision/target, every prompt x seed.
+
+    One untimed two-step warm-up first (ONNX Runtime grows its arena on the first calls). Saves the
+    final latents and images (NHWC in [0, 1]) to task['outputs'].
+    """
+    import sdc.runtime
+
+    t0 = time.perf_counter()
+    pipe = sdc.runtime.load(task["bundle"], provider="cpu", verify="sizes", threads=task["threads"],
+                            precision=task.get("precision"), target=task.get("target"))
+    load_s = time.perf_counter() - t0
+    size = dict(height=task["height"], width=task["width"])
+    pipe(task["prompts"][0], num_inference_steps=2, guidance_scale=task["guidance"], seed=0, output_type="latent", **size)
+    latents, images, times, steps = [], [], [], []
+    for prompt in task["prompts"]:
+        for seed in task["seeds"]:
+            t0 = time.perf_counter()
+            lat = pipe(prompt, num_inference_steps=task["steps"], guidance_scale=task["guidance"], seed=seed,
+                       output_type="latent", **size)
+            unet = pipe.last_timings.get("unet", 0.0)
+            images.append(pipe.decode_latents(lat)[0])
+            times.append(time.perf_counter() - t0)
+            steps.append(unet / task["steps"])
+            latents.append(lat[0])
+    np.savez(task["outputs"], latents=np.stack(latents), images=np.stack(images))
+    arts = {n: {"artifact": f"{a['target']}/{a['precision']}", "path": a["path"], "bytes": a["bytes"]}
+            for n, a in pipe.artifacts.items()}
+    return {"status": "ok", "times": times, "unet_step_seconds": steps, "load_seconds": load_s,
+            "precision": pipe.precision, "artifacts": arts}
+
+
+TASKS = {"build": build_bundle, "time": time_variant, "gemm": measure_gemm, "generate": generate_images}
 
 
 def main(task_path: str) -> int:

@@ -12,7 +12,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -27,6 +27,12 @@ app = typer.Typer(
 
 BundleArg = Annotated[Path, typer.Argument(help="Path of an sdc bundle (a folder ending in .bundle).")]
 ProviderOpt = Annotated[str, typer.Option("--provider", help="ONNX Runtime provider: auto, cpu, cuda, tensorrt.")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", help="fp32, fp16, bf16, int8 or w8 (default: the bundle's default precision where this provider "
+    "runs it, else the fastest it has).")]
+TargetOpt = Annotated[Optional[str], typer.Option(
+    "--target", help="Artifact target to run: portable, ort-cpu, ort-cuda, tensorrt (default: the one tuned for "
+    "the provider).")]
 
 
 def stderr_console():
@@ -38,10 +44,19 @@ def stderr_console():
     return console
 
 
-def finish(ok: bool, t0: float) -> None:
-    """Polygraphy-style last line: status, runtime, the command itself."""
+def finish(ok: bool, t0: float, what: str | None = None) -> None:
+    """The last line: what the command did in plain words (when given), status and time, the command itself."""
     cmd = " ".join(shlex.quote(a) for a in ["sdc", *sys.argv[1:]])
-    stderr_console().print(f"{'PASSED' if ok else 'FAILED'} | Runtime: {time.perf_counter() - t0:.1f}s | Command: {cmd}")
+    head = f"{what} | " if what else ""
+    status = "ok" if ok else "FAILED"
+    stderr_console().print(f"{head}{status} in {time.perf_counter() - t0:.1f}s | {cmd}", markup=False)
+
+
+def describe_artifacts(pipe) -> None:
+    """One line per submodel: which artifact the runtime chose."""
+    console = stderr_console()
+    for name, art in pipe.artifacts.items():
+        console.print(f"  {name:14s} {art['target']}/{art['precision']}  {art['path']}", markup=False)
 
 
 def main() -> None:

@@ -28,8 +28,8 @@ def bench(
     variants: Annotated[
         Optional[list[str]],
         typer.Option("--variants", help="What to compare (repeatable or comma-separated): torch (diffusers eager), "
-                     "paddle (dygraph), sdc (bundle without passes), sdc-passes (bundle with passes, ort-cpu). "
-                     "Default: all four."),
+                     "paddle (dygraph), sdc (bundle without passes), sdc-passes (bundle with passes, ort-cpu), "
+                     "sdc-int8 (static int8, ort-cpu), sdc-w8 (weights-only int8). Default: all but sdc-w8."),
     ] = None,
     out: Annotated[
         Optional[Path],
@@ -48,11 +48,7 @@ def bench(
 ) -> None:
     """Time submodels side by side on identical inputs: diffusers/PyTorch, Paddle, sdc bundles.
 
-    One CFG UNet step (batch 2), the text encoder on 2 prompts of 77 tokens, the VAE
-    decoder on one latent. Every variant runs in its own process, so peak RSS is its own.
-    Reports medians, peak RSS, speedup over the first variant (torch, when the bench
-    extra is installed), agreement of the outputs, FLOPs per call, and the floor they
-    imply at this machine's measured GEMM throughput.
+    One CFG UNet step (batch 2), the text encoder on 2 prompts of 77 tokens, the VAE decoder on one latent. Every variant runs in its own process, so peak RSS is its own. Reports medians, peak RSS, speedup over the first variant (torch, when the bench extra is installed), agreement of the outputs, FLOPs per call, the floor they imply at this machine's measured GEMM throughput, and the CPU features INT8 speed depends on.
     """
     import json
 
@@ -80,6 +76,6 @@ def bench(
         else:
             write_markdown(out, markdown_section(result))
         console.print(f"wrote {out}")
-    finish(result.ok, t0)
+    finish(result.ok, t0, f"benchmarked {len(result.components)} submodel(s)" + (f", wrote {out}" if out else ""))
     if not result.ok:
         raise typer.Exit(1)

@@ -55,15 +55,27 @@ def build(
                      "ort-cpu, ort-cuda, tensorrt. Default: ort-cpu."),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Log why each fusion pass matched nothing.")] = False,
+    precision: Annotated[
+        str, typer.Option("--precision", help="Comma list of precisions to ship, the first is the bundle's default: "
+                          "fp32, fp16, bf16 (GPU targets: ort-cuda, tensorrt), int8 (static, calibrated: ort-cpu, "
+                          "tensorrt), w8 (weights-only int8: ort-cpu, tensorrt).")
+    ] = "fp32",
+    calibration_prompts: Annotated[
+        Optional[Path], typer.Option("--calibration-prompts", help="UTF-8 text file, one prompt per line, for INT8 "
+                                     "calibration and fp16 range measurement (default: sdc's 72 varied prompts).")
+    ] = None,
+    calibration_samples: Annotated[
+        int, typer.Option("--calibration-samples", help="UNet inputs captured across the timesteps of real "
+                          "sampling runs for the INT8 scales.")
+    ] = 16,
 ) -> None:
     """Build a validated, checksummed bundle from a diffusers checkpoint.
 
-    Stages per submodel: load weights, reference outputs (Paddle), trace to a static program, export
-    ONNX, validate ONNX Runtime against Paddle at two shapes per dynamic axis; then write the bundle
-    atomically. An artifact over tolerance fails the build.
+    Stages per submodel: load weights, reference outputs (Paddle), trace to a static program, export ONNX, validate ONNX Runtime against Paddle at two shapes per dynamic axis. Reduced precisions (--precision) are then calibrated on real pipeline runs, converted and validated. The bundle is written atomically; an artifact over tolerance fails the build.
     """
     from sdc.compile.build import build as run_build
     from sdc.compile.context import BuildOptions
+    from sdc.runtime.precisions import parse_precisions
 
     t0 = time.perf_counter()
     console = stderr_console()
@@ -82,12 +94,29 @@ def build(
         pass_log.addHandler(handler)
     options = BuildOptions(opset=opset, fail_on_validation=fail_on_validation, allow_pickle=allow_pickle,
                            submodels=tuple(only) if only else None, passes=passes,
-                           targets=tuple(target) if target is not None else BuildOptions.targets, debug_passes=debug)
+                           targets=tuple(target) if target is not None else BuildOptions.targets, debug_passes=debug,
+                           precisions=parse_precisions(precision), calibration_prompts=calibration_prompts,
+                           calibration_samples=calibration_samples)
     result = run_build(model_dir, out, options, force=force, reporter=_RichReporter(console))
     _print_summary(console, result)
     for w in result.warnings:
         console.print(f"[bold red]WARNING[/] {w}")
-    finish(not result.warnings, t0)
+    n = sum(len(s["artifacts"]) for s in result.manifest["submodels"].values())
+    size = sum(f["bytes"] for f in result.manifest["files"].values())
+    finish(not result.warnings, t0, f"built {result.out}: {n} artifacts of {len(result.manifest['submodels'])} "
+           f"submodels, {size / 2**20:.1f} MiB" + (f", {len(result.warnings)} warning(s)" if result.warnings else ""))
+
+
+def precision_text(artifact: dict) -> str:
+    """What the precision stage did to an artifact, in a few words ('-' for fp32)."""
+    r = artifact.get("precision_record") or {}
+    if "islands" in r:
+        return f"{len(r['islands'])} fp32 islands"
+    if "quantized_ops" in r:
+        ops = ", ".join(f"{op} {n}" for op, n in r["quantized_ops"].items())
+        float_ = len((r.get("sensitivity") or {}).get("excluded", []))
+        return f"{ops} int8" + (f"; {float_} kept float" if "sensitivity" in r else "")
+    return "-"
 
 
 def fusions_text(passes: dict) -> str:
@@ -112,13 +141,16 @@ def _print_summary(console, result) -> None:
     from rich.table import Table
 
     table = Table(title=f"{result.out}", show_lines=False)
-    for col in ("submodel", "artifact", "size", "fusions", "max abs err", "tolerance", "status"):
-        table.add_column(col, justify="right" if col in ("size", "max abs err") else "left")
+    for col in ("submodel", "artifact", "size", "fusions", "precision", "max abs err", "held-out rel", "tolerance",
+                "status"):
+        table.add_column(col, justify="right" if col in ("size", "max abs err", "held-out rel") else "left")
     for name, sub in result.manifest["submodels"].items():
         for a, size in zip(sub["artifacts"], artifact_sizes(sub, result.manifest["files"])):
             v = a["validation"] or {}
+            held = (v.get("holdout") or {}).get("max_rel")
             table.add_row(name, f"{a['target']}/{a['precision']}", f"{size / 2**20:.1f} MiB", fusions_text(a["passes"]),
-                          f"{v.get('max_abs', float('nan')):.2e}", f"{v.get('atol', 0):g}+{v.get('rtol', 0):g}·|ref|",
+                          precision_text(a), f"{v.get('max_abs', float('nan')):.2e}",
+                          "-" if held is None else f"{held:.2e}", f"{v.get('atol', 0):g}+{v.get('rtol', 0):g}·|ref|",
                           "[green]ok[/]" if v.get("passed") else "[red]FAILED[/]")
     console.print(table)
     times = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())

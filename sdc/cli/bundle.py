@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sdc.cli.app import BundleArg, ProviderOpt, stderr_console, finish, app
-from sdc.cli.build import artifact_sizes, fusions_text
+from sdc.cli.build import artifact_sizes, fusions_text, precision_text
 
 
 @app.command()
@@ -33,21 +33,27 @@ def inspect(
     console.print(f"[bold]{bundle}[/]  {src['pipeline_class']} ({src['family']}), format v{manifest['format_version']}, "
                   f"sdc {manifest['sdc_version']}, created {manifest['created_at']}")
     d = manifest["defaults"]
-    console.print(f"defaults: {d['scheduler']}, {d['width']}x{d['height']}, {d['steps']} steps, guidance {d['guidance_scale']}")
+    console.print(f"defaults: {d['scheduler']}, {d['width']}x{d['height']}, {d['steps']} steps, guidance {d['guidance_scale']}, "
+                  f"precision {d.get('precision', 'fp32')}")
+    from sdc.runtime.loader import bundle_precisions
+
+    console.print(f"precisions: {', '.join(bundle_precisions(manifest))}")
     io = Table(title="contracts")
     for col in ("submodel", "inputs", "outputs"):
         io.add_column(col)
     arts = Table(title="artifacts")
-    for col in ("submodel", "artifact", "file", "size", "fusions", "max abs err"):
-        arts.add_column(col, justify="right" if col in ("size", "max abs err") else "left")
+    for col in ("submodel", "artifact", "file", "size", "fusions", "precision", "max abs err", "held-out rel"):
+        arts.add_column(col, justify="right" if col in ("size", "max abs err", "held-out rel") else "left")
     files = manifest["files"]
     for name, sub in manifest["submodels"].items():
         fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']} {t['shape']}" for t in ts)  # noqa: E731
         io.add_row(name, fmt(sub["inputs"]), fmt(sub["outputs"]))
         for a, size in zip(sub["artifacts"], artifact_sizes(sub, files)):
             v = a.get("validation") or {}
+            held = (v.get("holdout") or {}).get("max_rel")
             arts.add_row(name, f"{a['target']}/{a['precision']}", a["path"], f"{size / 2**20:.1f} MiB",
-                         fusions_text(a.get("passes") or {}), f"{v.get('max_abs', float('nan')):.2e}")
+                         fusions_text(a.get("passes") or {}), precision_text(a), f"{v.get('max_abs', float('nan')):.2e}",
+                         "-" if held is None else f"{held:.2e}")
     console.print(io)
     console.print(arts)
     total = sum(f["bytes"] for f in manifest["files"].values())
@@ -80,6 +86,7 @@ def verify(
                 continue
             ok &= passed
             console.print(f"  {'[green]✓[/]' if passed else '[red]✗[/]'} {line}")
-    finish(ok, t0)
+    finish(ok, t0, f"verified {bundle}: {len(manifest['files'])} files"
+           + (", numerics re-run" if numerics else "") + ("" if ok else ", PROBLEMS FOUND"))
     if not ok:
         raise typer.Exit(1)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sdc.cli.app import BundleArg, ProviderOpt, stderr_console, finish, app
+from sdc.cli.app import BundleArg, PrecisionOpt, ProviderOpt, TargetOpt, app, describe_artifacts, finish, stderr_console
 
 
 @app.command()
@@ -27,6 +27,8 @@ def generate(
     strength: Annotated[float, typer.Option("--strength", help="Image-to-image strength in (0, 1].")] = 0.8,
     latents: Annotated[Optional[Path], typer.Option("--latents", help="Initial latents (.npy) for exact reproduction.")] = None,
     provider: ProviderOpt = "auto",
+    precision: PrecisionOpt = None,
+    target: TargetOpt = None,
     verify: Annotated[str, typer.Option("--verify", help="Checksum check on load: full (every byte), sizes (fast), none.")] = "full",
 ) -> None:
     """Generate an image from a bundle (ONNX Runtime; Paddle is not needed)."""
@@ -37,7 +39,8 @@ def generate(
     from sdc.errors import InputError
 
     t0 = time.perf_counter()
-    pipe = sdc.runtime.load(bundle, provider=provider, verify=verify)
+    pipe = sdc.runtime.load(bundle, provider=provider, verify=verify, precision=precision, target=target)
+    describe_artifacts(pipe)
     init = None
     if image is not None:
         from PIL import Image
@@ -57,10 +60,9 @@ def generate(
         task = progress.add_task("denoising", total=None)
         images = pipe(**params, image=init, strength=strength, latents=lat, output_type="pil",
                       callback=lambda i, n, *a: progress.update(task, completed=i + 1, total=n))
-    _save_png(images[0], out, dict(params, bundle=str(bundle), strength=strength if init else None,
+    _save_png(images[0], out, dict(params, bundle=str(bundle), strength=strength if init else None, precision=pipe.precision,
                                    latents=str(latents) if latents else None, image=str(image) if image else None))
-    stderr_console().print(f"wrote {out}")
-    finish(True, t0)
+    finish(True, t0, f"wrote {out}: {images[0].width}x{images[0].height}, {pipe.precision}")
 
 
 def _save_png(img, path: Path, params: dict) -> None:

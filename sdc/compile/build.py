@@ -7,6 +7,7 @@ progress, and guarantees that a failed build leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -50,6 +51,74 @@ def _stages() -> list[tuple[str, Callable]]:
             ("export", export_stage), ("validate", validate_stage)]
 
 
+def _claim(folder: Path) -> None:
+    from sdc.compile.bundle import OWNER
+
+    (folder / OWNER).write_text(str(os.getpid()), encoding="utf-8")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete the temporary folders of earlier builds of `out` whose process is gone (killed, crashed).
+
+    A temporary folder is stale when the pid it names is not running, or when it names none (it was
+    killed before writing it) and is over an hour old; a live build's folder is never touched.
+    Scratch folders of dead builds in the system temp dir go the same way.
+    """
+    from sdc.compile.bundle import OWNER
+
+    removed = 0
+    candidates = list(out.parent.glob(f".{out.name}.tmp-*")) if out.parent.is_dir() else []
+    candidates += list(Path(tempfile.gettempdir()).glob("sdc-build-*-*"))
+    for folder in candidates:
+        if not folder.is_dir():
+            continue
+        owner = folder / OWNER
+        pid = None
+        if owner.is_file():
+            try:
+                pid = int(owner.read_text(encoding="utf-8").strip())
+            except (OSError, ValueError):
+                pid = None
+        elif folder.name.startswith("sdc-build-"):
+            try:
+                pid = int(folder.name.split("-")[2])
+            except (IndexError, ValueError):
+                pid = None
+        stale = (pid is not None and not _alive(pid)) or (pid is None and time.time() - folder.stat().st_mtime > 3600)
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _run_precision(ctx: BuildContext, reporter: Reporter, seconds: dict[str, float]) -> None:
+    """Calibration once, then the reduced-precision artifacts of every submodel."""
+    from sdc.compile.precision import calibrate_stage, needs_calibration, precision_stage
+
+    if needs_calibration(ctx):
+        t0 = time.perf_counter()
+        with reporter.step("calibrate", "pipeline"):
+            calibrate_stage(ctx)
+        seconds["calibrate"] = time.perf_counter() - t0
+    for sub in ctx.submodels.values():
+        t0 = time.perf_counter()
+        with reporter.step("precision", sub.name):
+            precision_stage(ctx, sub)
+        dt = time.perf_counter() - t0
+        sub.seconds["precision"] = dt
+        seconds["precision"] = seconds.get("precision", 0.0) + dt
+
+
 def plan_submodels(model_dir: Path, index, options: BuildOptions) -> list[str]:
     """Which submodels this pipeline has (vae splits into encoder and decoder)."""
     present = [n for n in SD_SUBMODELS if index.has("vae" if n.startswith("vae_") else n)]
@@ -68,12 +137,20 @@ def check_targets(options: BuildOptions) -> None:
     from sdc.runtime.models import TARGET_PROVIDER
     from sdc.errors import InputError
 
-    if not options.passes:
-        return  # no passes, no tuned artifacts: `targets` is ignored
-    for t in options.targets:
-        if t not in TARGET_PROVIDER:
-            raise InputError(f"--target {t}: unknown target; choose {', '.join(TARGET_PROVIDER)}")
-        validation_providers(t)  # raises when the provider is missing
+    from sdc.runtime.precisions import parse_precisions, plan_precisions
+
+    parse_precisions(options.precisions)
+    if options.passes:  # without passes there are no tuned artifacts: `targets` is ignored
+        for t in options.targets:
+            if t not in TARGET_PROVIDER:
+                raise InputError(f"--target {t}: unknown target; choose {', '.join(TARGET_PROVIDER)}")
+            validation_providers(t)  # raises when the provider is missing
+    plan_precisions(options.precisions, tuple(options.targets) if options.passes else ())
+    if any(p != "fp32" for p in options.precisions):
+        from sdc.compile.calibrate import check_samples, read_prompts
+
+        check_samples(options.calibration_samples)
+        read_prompts(options.calibration_prompts)
 
 
 def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), force: bool = False,
@@ -100,9 +177,13 @@ def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), fo
 
     paddle.set_device("cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temporaries(out)
+    if removed:
+        reporter.log(f"removed {removed} temporary folder(s) left by killed builds of {out.name}")
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-    scratch = Path(tempfile.mkdtemp(prefix="sdc-build-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"sdc-build-{os.getpid()}-"))
+    _claim(work)
     ctx = BuildContext(model_dir, out, work, scratch, index, options, subs, log=reporter.log)
     seconds: dict[str, float] = {}
     try:
@@ -119,6 +200,8 @@ def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), fo
                 seconds[stage_name] = seconds.get(stage_name, 0.0) + dt
         for sub in subs.values():
             sub.layer = None  # free the Paddle modules before hashing gigabytes
+        if any(p != "fp32" for p in options.precisions) or "fp32" not in options.precisions:
+            _run_precision(ctx, reporter, seconds)
         t0 = time.perf_counter()
         with reporter.step("bundle", out.name):
             manifest = bundle_stage(ctx)

@@ -18,6 +18,7 @@ from sdc.runtime.bundle import (
     FORMAT, FORMAT_VERSION, MANIFEST, SCHEDULER_CONFIG, SUMMARY, TOKENIZER_DIRS, file_table,
 )
 
+OWNER = ".sdc-build-owner"  # in a build's temporary folder: the pid writing it (removed before hashing)
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
 
@@ -80,6 +81,7 @@ def manifest_for(ctx: BuildContext, files: dict) -> dict:
                     "sha256": files[a.path]["sha256"],
                     "bytes": files[a.path]["bytes"] + sum(files[d]["bytes"] for d in a.data_paths),
                     "passes": a.passes, "validation": a.validation.to_json() if a.validation else None,
+                    **({"precision_record": a.precision_record} if a.precision_record else {}),
                 }
                 for a in sub.artifacts
             ],
@@ -102,6 +104,7 @@ def manifest_for(ctx: BuildContext, files: dict) -> dict:
             "scheduler": sched.get("_class_name"),
             "height": size, "width": size,
             "steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE,
+            "precision": ctx.options.precisions[0],
         },
         "submodels": submodels,
         "files": files,
@@ -123,6 +126,7 @@ def summary_text(manifest: dict) -> str:
 def bundle_stage(ctx: BuildContext) -> dict:
     """Write assets, summary and manifest into the work dir, then rename it to the output path."""
     t0 = time.perf_counter()
+    (ctx.work / OWNER).unlink(missing_ok=True)
     copy_assets(ctx)
     draft = manifest_for(ctx, file_table(ctx.work, with_hash=False))  # sizes only: the summary has no hashes
     (ctx.work / SUMMARY).write_text(summary_text(draft))

@@ -21,6 +21,10 @@ class BuildOptions:
     # Extra target-tuned artifacts beside the portable one; the runtime picks by provider.
     targets: tuple[str, ...] = ("ort-cpu",)
     debug_passes: bool = False  # log why each fusion matched nothing
+    # Numeric precisions to ship (sdc.runtime.precisions); the first is the bundle's default.
+    precisions: tuple[str, ...] = ("fp32",)
+    calibration_prompts: Path | None = None  # None: sdc's default prompt file
+    calibration_samples: int = 16  # UNet inputs captured for INT8 scales (sdc.compile.calibrate)
 
 
 @dataclass
@@ -34,12 +38,21 @@ class Validation:
     shapes: list[dict[str, int]]
     per_output: dict[str, float]
     passed: bool
+    where: str = "onnxruntime CPUExecutionProvider"  # what executed the artifact
+    against: str = "paddle"  # the reference the errors are measured against
+    # Reduced precisions: the same measure on held-out real pipeline inputs, against the fp32 artifact.
+    holdout: dict | None = None
+    judged_on: str = "every case"
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "max_abs": self.max_abs, "max_rel": self.max_rel, "atol": self.atol, "rtol": self.rtol,
             "shapes": self.shapes, "per_output": self.per_output, "passed": self.passed,
+            "where": self.where, "against": self.against, "judged_on": self.judged_on,
         }
+        if self.holdout is not None:
+            out["holdout"] = self.holdout
+        return out
 
 
 @dataclass
@@ -50,6 +63,8 @@ class Artifact:
     data_paths: list[str] = field(default_factory=list)  # external weight files it reads (may be shared)
     passes: dict[str, dict[str, int]] = field(default_factory=dict)  # pass name -> what it changed
     validation: Validation | None = None
+    # fp16/bf16: the fp32 islands and why; int8/w8: calibration, quantized op counts, excluded nodes.
+    precision_record: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -77,4 +92,5 @@ class BuildContext:
     submodels: dict[str, SubmodelBuild] = field(default_factory=dict)
     weights_sha256: str = ""
     warnings: list[str] = field(default_factory=list)
+    calibration: Any = None  # sdc.compile.calibrate.CalibrationSet, captured once per build when needed
     log: Callable[[str], None] = print

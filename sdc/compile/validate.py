@@ -54,13 +54,23 @@ def validate_artifact(ctx: BuildContext, sub: SubmodelBuild, art: Artifact) -> V
         raise ValidationError(f"{sub.name} ({art.target}/{art.precision}): {e}")
     art.validation = v
     if not v.passed:
-        worst = ", ".join(f"{k} {e:.3g}" for k, e in v.per_output.items())
-        msg = (f"{sub.name} ({art.target}/{art.precision}) differs from the Paddle module: max abs {v.max_abs:.3g} "
-               f"> tolerance (atol {v.atol:g} + rtol {v.rtol:g}·max|ref|) [{worst}]")
-        if ctx.options.fail_on_validation:
-            raise ValidationError(msg + "; the export is wrong (pass --no-fail-on-validation to keep it anyway)")
-        ctx.warnings.append("VALIDATION FAILED, kept because of --no-fail-on-validation: " + msg)
+        report_failure(ctx, sub, art, v)
     return v
+
+
+def report_failure(ctx: BuildContext, sub: SubmodelBuild, art: Artifact, v: Validation) -> None:
+    """Fail the build (or, with --no-fail-on-validation, warn) for an artifact over tolerance."""
+    worst = ", ".join(f"{k} {e:.3g}" for k, e in v.per_output.items())
+    msg = (f"{sub.name} ({art.target}/{art.precision}) differs from the Paddle module: max abs {v.max_abs:.3g} "
+           f"> tolerance (atol {v.atol:g} + rtol {v.rtol:g}·max|ref|) [{worst}]")
+    if v.holdout is not None:
+        h = v.holdout
+        msg += (f"; on held-out pipeline inputs vs fp32: max abs {h['max_abs']:.3g} ({h['max_rel']:.3g} relative)"
+                f" {'ok' if h['passed'] else 'over tolerance'}")
+    if ctx.options.fail_on_validation:
+        what = "the export is wrong" if art.precision == "fp32" else f"{art.precision} is too coarse for this model"
+        raise ValidationError(f"{msg}; {what} (pass --no-fail-on-validation to keep it anyway)")
+    ctx.warnings.append("VALIDATION FAILED, kept because of --no-fail-on-validation: " + msg)
 
 
 def save_validation_data(ctx: BuildContext, sub: SubmodelBuild) -> None:

@@ -24,7 +24,7 @@ def fused_ops(passes: dict[str, dict[str, int]]) -> dict[str, int]:
     has, is not a fusion), e.g. {"MultiHeadAttention": 32, "Gelu": 16}; empty when nothing fused."""
     fused: dict[str, int] = {}
     for name, counts in passes.items():
-        if name.startswith("cleanup"):
+        if name.startswith(("cleanup", "precision")):  # precision passes are reported as precision, not fusion
             continue
         for op, n in counts.items():
             if n:

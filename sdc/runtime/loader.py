@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdc.errors import BundleError, InputError
+from sdc.errors import InputError
 from sdc.runtime.bundle import SCHEDULER_CONFIG, TOKENIZER_DIRS, read_manifest, safe_join, verify_files
 from sdc.runtime.models import OnnxModel, resolve_providers
 
@@ -16,29 +16,71 @@ PROVIDER_TARGET = {"CPUExecutionProvider": "ort-cpu", "CUDAExecutionProvider": "
 
 
 def choose_artifact(sub: dict, name: str, target: str = "portable", precision: str = "fp32") -> dict:
-    """The artifact for a target, falling back to the portable fp32 graph every bundle has."""
+    """The artifact for (target, precision); a precision with no tuned artifact falls back to the portable
+    graph of that precision, and fp32 to the portable fp32 graph every bundle has."""
     arts = sub.get("artifacts", [])
-    for want in ((target, precision), ("portable", "fp32")):
+    for want in ((target, precision), ("portable", precision)):
         for a in arts:
             if (a["target"], a["precision"]) == want:
                 return a
-    raise BundleError(f"manifest.json: submodel {name} has no usable artifact; rebuild the bundle")
+    have = ", ".join(f"{a['target']}/{a['precision']}" for a in arts) or "none"
+    raise InputError(f"bundle has no {precision} artifact of {name} for {target} (it has {have}); "
+                     f"rebuild with --precision {precision} --target {target}, or choose a precision it has")
+
+
+def bundle_precisions(manifest: dict) -> list[str]:
+    """Precisions with an artifact in the bundle, in the build's order (the default first)."""
+    seen: list[str] = []
+    default = (manifest.get("defaults") or {}).get("precision", "fp32")
+    for p in [default] + [a["precision"] for s in manifest["submodels"].values() for a in s["artifacts"]]:
+        if p not in seen:
+            seen.append(p)
+    return seen
+
+
+def choose_precision(manifest: dict, provider: str, target: str, precision: str | None) -> str:
+    """The precision to run: the caller's (which must exist), else the bundle's default when it has an
+    artifact this provider's target runs, else the provider's first preference the bundle has."""
+    from sdc.runtime.precisions import PRECISIONS, PREFERENCE
+
+    have = bundle_precisions(manifest)
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise InputError(f"precision {precision!r} is unknown; choose from {', '.join(PRECISIONS)}")
+        if precision not in have:
+            raise InputError(f"bundle has no {precision} artifacts (it has {', '.join(have)}); rebuild it with "
+                             f"--precision {','.join(have + [precision])}")
+        return precision
+
+    def runs_here(p: str) -> bool:
+        return all(any(a["precision"] == p and a["target"] in (target, "portable") for a in s["artifacts"])
+                   for s in manifest["submodels"].values())
+
+    default = (manifest.get("defaults") or {}).get("precision", "fp32")
+    for p in (default, *PREFERENCE.get(provider, ()), "fp32"):
+        if p in have and runs_here(p):
+            return p
+    return "fp32"
 
 
 def open_model(root: Path, manifest: dict, name: str, providers: list[str], target: str | None = None,
-               threads: int = 0) -> tuple[OnnxModel, dict]:
+               threads: int = 0, precision: str = "fp32") -> tuple[OnnxModel, dict]:
     """One submodel's session and the artifact it runs: `target`, else the one tuned for the first provider."""
     sub = manifest["submodels"][name]
-    art = choose_artifact(sub, name, target or PROVIDER_TARGET.get(providers[0], "portable"))
+    art = choose_artifact(sub, name, target or PROVIDER_TARGET.get(providers[0], "portable"), precision)
     return OnnxModel(safe_join(Path(root), art["path"]), sub, providers, threads=threads), art
 
 
-def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, target: str | None = None):
+def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, target: str | None = None,
+         precision: str | None = None):
     """Load a bundle as a StableDiffusionPipeline; `pipe.models[name](**inputs)` runs one submodel.
 
     verify: "full" checks every file's sha256 (seconds for a real model), "sizes" only sizes, "none" nothing.
     target: which artifact to run ("portable" forces the unfused graph); by default the one tuned for
     the provider, falling back to the portable graph.
+    precision: fp32, fp16, bf16, int8 or w8; None takes the bundle's default precision when this
+    provider's target has it, else the fastest the bundle has for it (sdc.runtime.precisions.PREFERENCE).
+    `pipe.artifacts[name]` says which artifact each submodel runs.
     """
     from sdc.runtime.pipeline import PipelineConfig, StableDiffusionPipeline
     from sdc.runtime.tokenizer import CLIPTokenizer
@@ -50,7 +92,10 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     if verify != "none":
         verify_files(root, manifest, full=verify == "full")
     providers = resolve_providers(provider)
-    models = {name: open_model(root, manifest, name, providers, target, threads)[0] for name in manifest["submodels"]}
+    tuned = target or PROVIDER_TARGET.get(providers[0], "portable")
+    chosen = choose_precision(manifest, providers[0], tuned, precision)
+    opened = {name: open_model(root, manifest, name, providers, tuned, threads, chosen) for name in manifest["submodels"]}
+    models = {name: m for name, (m, _) in opened.items()}
     tok_dir = safe_join(root, TOKENIZER_DIRS["text_encoder"])
     tokenizer = CLIPTokenizer.from_folder(tok_dir)
     scheduler_config = json.loads(safe_join(root, SCHEDULER_CONFIG).read_text(encoding="utf-8"))
@@ -63,4 +108,6 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     pipe = StableDiffusionPipeline(models, tokenizer, scheduler_config, config)
     pipe.manifest = manifest
     pipe.defaults = d
+    pipe.precision = chosen
+    pipe.artifacts = {name: art for name, (_, art) in opened.items()}
     return pipe

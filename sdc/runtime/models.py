@@ -51,11 +51,13 @@ def resolve_providers(provider: str) -> list[str]:
 class OnnxModel:
     """One submodel: call with named numpy inputs, get a dict of named numpy outputs."""
 
-    def __init__(self, path: Path, spec: dict, providers: list[str], threads: int = 0):
+    def __init__(self, path: Path, spec: dict, providers: list[str], threads: int = 0, fuse: bool = True):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # errors only: unused-initializer notices are noise to users
+        if not fuse:  # every node as written (Q/DQ stay ops): how a CPU checks a graph meant for TensorRT
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
         try:

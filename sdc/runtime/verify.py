@@ -43,6 +43,24 @@ def within(err: float, scale: float, atol: float, rtol: float) -> bool:
     return err <= atol + rtol * scale
 
 
+def _runner(path: Path, sub: dict, art: dict, providers: list[str]):
+    """A callable running one artifact the way its build validated it, and a few words on how."""
+    precision = art.get("precision", "fp32")
+    if precision in ("fp16", "bf16") and providers[0] == "CPUExecutionProvider":
+        try:
+            import onnx  # noqa: F401  (the emulation rewrites the graph)
+        except ImportError:
+            raise ImportError(f"{precision} on a CPU needs the per-op emulation, which needs onnx "
+                              f"(pip install 'sdc[build]') or a GPU provider")
+        from sdc.runtime.emulate import emulated_session
+
+        session = emulated_session(path)
+        names = [t["name"] for t in sub["outputs"]]
+        return (lambda **inputs: dict(zip(names, session.run(names, inputs)))), f"{precision} emulated per op"
+    fused = "integer kernels" in (art.get("validation") or {}).get("where", "integer kernels")
+    return OnnxModel(path, sub, providers, fuse=fused or precision != "int8"), providers[0]
+
+
 def verify_numerics(bundle: Path, manifest: dict, provider: str = "cpu") -> Iterator[tuple[str, bool | None]]:
     """Yield (message, passed) per artifact, with the same tolerance rule the build used.
 
@@ -62,10 +80,19 @@ def verify_numerics(bundle: Path, manifest: dict, provider: str = "cpu") -> Iter
             atol, rtol = v.get("atol", 1e-4), v.get("rtol", 1e-4)
             # The providers asked for, unless the artifact's ops exist only on a GPU provider.
             cpu_graph = TARGET_PROVIDER[art["target"]] == "CPUExecutionProvider"
-            model = OnnxModel(safe_join(bundle, art["path"]), sub, providers if cpu_graph else needed)
+            path = safe_join(bundle, art["path"])
+            try:
+                model, how = _runner(path, sub, art, providers if cpu_graph else needed)
+            except ImportError as e:
+                yield f"{label}: not run, {e}", None
+                continue
             worst, ok = 0.0, True
+            judged = v.get("judged_on", "every case") == "every case"
             for inputs, expected in cases:
                 for err, scale in output_errors(model(**inputs), expected).values():
                     worst = max(worst, err)
                     ok &= within(err, scale, atol, rtol)
-            yield f"{label}: max abs err {worst:.2e} over {len(cases)} cases", ok
+            if not judged:  # the build recorded these cases without judging them: they must still give its error
+                ok = worst <= 1.5 * v.get("max_abs", 0.0) + atol
+                how += f"; unjudged cases at build, must stay near the recorded {v.get('max_abs', 0.0):.2e}"
+            yield f"{label}: max abs err {worst:.2e} over {len(cases)} cases ({how})", ok

@@ -44,6 +44,9 @@ def test_every_variant_runs_and_agrees(result):
         assert r.peak_rss_bytes > 50 * 2**20  # a Python process with a framework loaded
         assert r.speedup > 0 and 0 < r.floor_fraction
         print(f"{r.variant}: {r.median * 1e3:.1f} ms, max abs diff vs {unet.baseline} {r.max_abs_diff:.2e}")
+        if r.variant == "sdc-int8":  # measured, not judged: random inputs lie outside the calibrated ranges
+            assert r.agrees is None and 0 < r.max_abs_diff < float("inf")
+            continue
         assert r.agrees and r.max_abs_diff <= 1e-4
     assert runs[expected_baseline].max_abs_diff == 0.0
     assert result.ok
@@ -54,6 +57,8 @@ def test_sdc_variants_run_their_bundles(result):
     assert runs["sdc"].detail["artifact"] == "portable/fp32"
     assert runs["sdc"].detail["rewrites"] == "none"  # built without passes
     assert runs["sdc-passes"].detail["sha256"]
+    assert runs["sdc-int8"].detail["artifact"] == "ort-cpu/int8"
+    assert "CPU features" in markdown_section(result) and "VNNI" in markdown_section(result)
 
 
 def test_flops_and_floor(result):

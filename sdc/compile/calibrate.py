@@ -1,0 +1,179 @@
+"""Calibration data from the pipeline itself: prompts through the fp32 artifacts, every submodel's inputs captured.
+
+INT8 scales must cover what each submodel sees when it generates, so the inputs come from real
+sampling runs of the bundle's own fp32 graphs (runtime pipeline, default scheduler): the UNet's
+inputs at every step (every noise level, both halves of classifier-free guidance), the text
+encoder's token ids for every prompt of the file, the VAE decoder's final latents and the VAE
+encoder's decoded images. One extra, shorter run, with a prompt and seed no calibration run used,
+is held out: reduced-precision artifacts are validated on it against the fp32 graph.
+
+While the calibration runs go, the min and max of every float value of the graphs being run are
+observed (sdc.compile.ranges): those are the INT8 scales' ranges and the fp16 islands' measurements,
+so no graph has to run the calibration inputs a second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from sdc.errors import InputError
+
+DEFAULT_PROMPTS = Path(__file__).parent / "data" / "calibration_prompts.txt"
+DEFAULT_SAMPLES = 16  # UNet inputs (2 runs of 8 steps); see docs/PERFORMANCE.md for the measurement behind it
+MIN_SAMPLES = 4
+STEPS_PER_RUN = 8  # denoising steps of each calibration run: ceil(samples / 8) runs, each a new prompt
+HOLDOUT_STEPS = 4  # the held-out run: validation inputs spread over the schedule
+GUIDANCE = 7.5
+TEXT_BATCH = 8
+PIPELINE_SUBMODELS = ("text_encoder", "unet", "vae_decoder")
+
+
+def read_prompts(path: Path | None) -> tuple[list[str], str, str]:
+    """(prompts, sha256 of the file, its name for the record); one-line errors for a bad file."""
+    src = DEFAULT_PROMPTS if path is None else Path(path)
+    label = "sdc default prompts" if path is None else str(path)
+    if not src.is_file():
+        raise InputError(f"--calibration-prompts {src}: file not found; give a UTF-8 text file, one prompt per line")
+    raw = src.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"--calibration-prompts {src}: not UTF-8 text (byte {e.start}); save it as UTF-8")
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise InputError(f"--calibration-prompts {src}: no prompts in it (blank lines and # comments are ignored)")
+    return prompts, hashlib.sha256(raw).hexdigest(), label
+
+
+def check_samples(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < MIN_SAMPLES:
+        raise InputError(f"--calibration-samples {n}: too few; INT8 scales need at least {MIN_SAMPLES} UNet inputs "
+                         f"(default {DEFAULT_SAMPLES})")
+    return n
+
+
+@dataclass
+class CalibrationSet:
+    """Captured inputs per submodel: `calibration` for the scales, `holdout` for validation."""
+
+    prompts_source: str
+    prompts_sha256: str
+    prompts_count: int
+    samples: int  # UNet inputs: the samples asked for, rounded up to whole runs
+    runs: int
+    steps_per_run: int
+    height: int
+    width: int
+    scheduler: str
+    timesteps: list[float]
+    calibration: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
+    holdout: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
+    ranges: dict[str, object] = field(default_factory=dict)  # submodel -> sdc.compile.ranges.Ranges of its graph
+    seconds: float = 0.0
+
+    def record(self) -> dict:
+        """What the manifest keeps about the calibration (no arrays)."""
+        return {
+            "prompts": {"source": self.prompts_source, "sha256": self.prompts_sha256, "count": self.prompts_count},
+            "samples": {k: len(v) for k, v in self.calibration.items()},
+            "unet_samples": self.samples, "runs": self.runs, "steps_per_run": self.steps_per_run,
+            "size": [self.height, self.width], "scheduler": self.scheduler, "guidance_scale": GUIDANCE,
+            "timesteps": sorted({round(t, 3) for t in self.timesteps}, reverse=True),
+            "holdout": {k: len(v) for k, v in self.holdout.items()},
+        }
+
+
+class _Recorder:
+    """A submodel that keeps a copy of every input it is called with and, when it runs an observed
+    graph (sdc.compile.ranges), folds the min/max of its values into `ranges` (calibration runs only)."""
+
+    def __init__(self, session, outputs: list[str], extra: list[str], store: list, ranges=None):
+        self.session, self.outputs, self.extra, self.store, self.ranges = session, outputs, extra, store, ranges
+        self.calibrating = True
+
+    def __call__(self, **inputs):
+        self.store.append({k: np.array(v, copy=True) for k, v in inputs.items()})
+        wanted = self.outputs + (self.extra if self.calibrating and self.ranges is not None else [])
+        values = self.session.run(wanted, inputs)
+        if len(values) > len(self.outputs):
+            self.ranges.update(self.extra, values[len(self.outputs):])
+        return dict(zip(self.outputs, values[:len(self.outputs)]))
+
+
+def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict], prompts_file: Path | None,
+            samples: int, log: Callable[[str], None] = print, observe: tuple[str, ...] = ()) -> CalibrationSet:
+    """Run calibration generations through the fp32 `artifacts` ({submodel: path}); see the module doc.
+
+    For the submodels in `observe`, the min/max of every float value of their graph is kept too.
+    """
+    import contextlib
+
+    from sdc.compile.ranges import Ranges, observed_session
+    from sdc.graphs.configs import read_json
+    from sdc.runtime.models import OnnxModel
+    from sdc.runtime.pipeline import PipelineConfig, StableDiffusionPipeline
+    from sdc.runtime.tokenizer import CLIPTokenizer
+
+    t0 = time.perf_counter()
+    prompts, sha, label = read_prompts(prompts_file)
+    samples = check_samples(samples)
+    missing = [n for n in PIPELINE_SUBMODELS if n not in artifacts]
+    if missing:
+        raise InputError(f"INT8 calibration runs the whole pipeline, and this build lacks {', '.join(missing)}; "
+                         f"drop --only or build only fp32/fp16/bf16/w8")
+    stores: dict[str, list] = {n: [] for n in artifacts}
+    stack = contextlib.ExitStack()
+    models, ranges = {}, {}
+    for n, p in artifacts.items():
+        outputs = [t["name"] for t in specs[n]["outputs"]]
+        if n in observe:
+            session, _, extra = stack.enter_context(observed_session(Path(p)))
+            ranges[n] = Ranges(str(p))
+        else:
+            session, extra = OnnxModel(p, specs[n], ["CPUExecutionProvider"]).session, []
+        models[n] = _Recorder(session, outputs, extra, stores[n], ranges.get(n))
+    config = PipelineConfig.from_diffusers(model_dir)
+    pipe = StableDiffusionPipeline(models, CLIPTokenizer.from_folder(model_dir / "tokenizer"),
+                                   read_json(model_dir / "scheduler" / "scheduler_config.json"), config)
+    runs = math.ceil(samples / STEPS_PER_RUN)  # whole sampling runs: the samples round up to them
+    result = CalibrationSet(label, sha, len(prompts), runs * STEPS_PER_RUN, runs, STEPS_PER_RUN, config.default_height,
+                            config.default_width, pipe.make_scheduler().__class__.__name__, [])
+    timesteps: list[float] = []
+    for r in range(runs + 1):  # the last run is held out
+        held = r == runs
+        for m in models.values():
+            m.calibrating = not held
+        marks = {n: len(s) for n, s in stores.items()}
+        # Held-out prompt: the one after the last calibration prompt, so it differs whenever the file has more.
+        prompt = prompts[r % len(prompts)]
+        images = pipe(prompt, negative_prompt="", num_inference_steps=HOLDOUT_STEPS if held else STEPS_PER_RUN,
+                      guidance_scale=GUIDANCE, seed=10_000 + r, output_type="np",
+                      callback=lambda i, n, t, lat: timesteps.append(float(t)) if not held else None)
+        if "vae_encoder" in models:
+            models["vae_encoder"](sample=np.ascontiguousarray(images.transpose(0, 3, 1, 2) * 2 - 1, dtype=np.float32))
+        log(f"calibration run {r + 1}/{runs + 1}{' (held out)' if held else ''}: {prompt[:60]!r}")
+        if held:
+            for n, s in stores.items():
+                result.holdout[n] = s[marks[n]:]
+                del s[marks[n]:]
+    # The text encoder sees every prompt (it is cheap), in batches as the pipeline sends them.
+    te = models["text_encoder"]
+    te.calibrating = True
+    for i in range(0, len(prompts), TEXT_BATCH):
+        batch = prompts[i:i + TEXT_BATCH]
+        te(input_ids=np.asarray(pipe.tokenizer([""] + batch), dtype=np.int64))
+    stack.close()
+    for n, s in stores.items():
+        result.calibration[n] = s
+    result.samples = len(result.calibration.get("unet", []))  # PNDM calls the UNet once more than its steps
+    result.timesteps = timesteps
+    result.ranges = ranges
+    result.seconds = time.perf_counter() - t0
+    return result
