@@ -55,6 +55,8 @@ def build(
                      "ort-cpu, ort-cuda, tensorrt. Default: ort-cpu."),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Log why each fusion pass matched nothing.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show the warnings and logs of Paddle, onnxscript and "
+                                          "ONNX Runtime (hidden by default).")] = False,
     precision: Annotated[
         str, typer.Option("--precision", help="Comma list of precisions to ship, the first is the bundle's default: "
                           "fp32, fp16, bf16 (GPU targets: ort-cuda, tensorrt), int8 (static, calibrated: ort-cpu, "
@@ -84,6 +86,8 @@ def build(
         from sdc.errors import InputError
 
         raise InputError(f"--target {target[0]} needs the passes that tune it; drop --no-passes or the --target")
+    if not verbose:
+        quiet_third_parties()
     if debug:
         import logging
 
@@ -105,6 +109,20 @@ def build(
     size = sum(f["bytes"] for f in result.manifest["files"].values())
     finish(not result.warnings, t0, f"built {result.out}: {n} artifacts of {len(result.manifest['submodels'])} "
            f"submodels, {size / 2**20:.1f} MiB" + (f", {len(result.warnings)} warning(s)" if result.warnings else ""))
+
+
+def quiet_third_parties() -> None:
+    """Keep third-party chatter out of sdc's output: Paddle's glog lines and ccache warning, onnxscript's
+    constant-folding notes, onnxruntime.quantization's advice (all harmless here; --verbose shows them)."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("GLOG_minloglevel", "2")  # read when paddle is first imported
+    warnings.filterwarnings("ignore", message="No ccache found")
+    warnings.filterwarnings("ignore", message=".*Non compatible API.*")
+    for name in ("onnxscript", "onnx_ir", "onnxruntime", "paddle", "paddle2onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def precision_text(artifact: dict) -> str:

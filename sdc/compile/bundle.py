@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -125,7 +124,6 @@ def summary_text(manifest: dict) -> str:
 
 def bundle_stage(ctx: BuildContext) -> dict:
     """Write assets, summary and manifest into the work dir, then rename it to the output path."""
-    t0 = time.perf_counter()
     (ctx.work / OWNER).unlink(missing_ok=True)
     copy_assets(ctx)
     draft = manifest_for(ctx, file_table(ctx.work, with_hash=False))  # sizes only: the summary has no hashes
@@ -133,7 +131,6 @@ def bundle_stage(ctx: BuildContext) -> dict:
     manifest = manifest_for(ctx, file_table(ctx.work))
     (ctx.work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     replace_dir(ctx.work, ctx.out)
-    ctx.log(f"bundle written in {time.perf_counter() - t0:.1f}s")
     return manifest
 
 
