@@ -153,6 +153,29 @@ def build_code_hash() -> str:
     return h.hexdigest()
 
 
+def given_bundle(model_dir: Path, variant: str, bundle: Path) -> tuple[Path, str]:
+    """A bundle the user built (`sdc bench --bundle VARIANT=PATH`), checked to fit the variant: built from these
+    weights (the hash is recomputed over the model's files of the bundle's submodels) with the variant's precision
+    and target. Saves rebuilding a real-size INT8 bundle that `sdc build` has just made."""
+    from sdc.graphs import folder_of
+    from sdc.graphs.weights import find_weight_files, weights_sha256
+    from sdc.runtime.bundle import read_manifest
+
+    manifest = read_manifest(bundle)
+    files = {f for name in manifest["submodels"] for f in find_weight_files(model_dir / folder_of(name))}
+    if weights_sha256(files) != manifest["source"]["weights_sha256"]:
+        raise InputError(f"--bundle {variant}={bundle}: built from other weights than {model_dir}; rebuild it from "
+                         f"{model_dir} or drop the --bundle")
+    _, targets, precisions = BUNDLES[variant]
+    want_target = targets[0] if targets else "portable"
+    have = {(a.get("target"), a.get("precision", "fp32")) for sub in manifest["submodels"].values()
+            for a in sub.get("artifacts", [])}
+    if (want_target, precisions[0]) not in have:
+        raise InputError(f"--bundle {variant}={bundle}: has no {want_target} {precisions[0]} artifacts, which "
+                         f"{variant} runs; build it with --target {want_target} --precision {precisions[0]}")
+    return bundle, f"{variant}: given {bundle} (built {manifest['created_at']})"
+
+
 def ensure_bundle(model_dir: Path, variant: str, components: tuple[str, ...], work: Path, weights: str,
                   threads: int, rebuild: bool = False, log: Callable[[str], None] = print) -> tuple[Path | None, str]:
     """The bundle an sdc variant runs: reused from the work dir when weights, options and build code match,

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from sdc.bench.flops import GemmThroughput
-from sdc.bench.prepare import (BUNDLES, MachineInfo, component_dims, ensure_bundle, machine_info, run_worker,
+from sdc.bench.prepare import (BUNDLES, MachineInfo, component_dims, ensure_bundle, given_bundle, machine_info, run_worker,
                                      write_inputs)
 from sdc.errors import InputError
 
@@ -47,6 +47,7 @@ class BenchOptions:
     gemm_repeats: int = 5
     rtol: float = 1e-3  # agreement: max|x - baseline| <= atol(spec) + rtol * max|baseline|
     rebuild: bool = False  # rebuild bundles even when the work dir has matching ones
+    given: tuple[tuple[str, str], ...] = ()  # (variant, bundle path) pairs to time instead of building
     seed: int = 0
 
 
@@ -108,6 +109,10 @@ def _check(model_dir: Path, options: BenchOptions) -> None:
     bad = [v for v in options.variants if v not in VARIANTS]
     if bad or not options.variants:
         raise InputError(f"--variants {' '.join(bad) or '(none)'}: choose from {', '.join(VARIANTS)}")
+    for variant, path in options.given:
+        if variant not in BUNDLES or variant not in options.variants:
+            raise InputError(f"--bundle {variant}={path}: {variant} is not an sdc variant of this run; choose from "
+                             f"{', '.join(v for v in options.variants if v in BUNDLES)}")
     bad = [c for c in options.components if c not in COMPONENTS]
     if bad or not options.components:
         raise InputError(f"--components {' '.join(bad) or '(none)'}: choose from {', '.join(COMPONENTS)}")
@@ -233,7 +238,11 @@ def _bundles(model_dir: Path, options: BenchOptions, work: Path, threads: int, n
     weights = weights_sha256({f for c in options.components for f in find_weight_files(model_dir / folder_of(c))})
     bundles = {}
     for v in sdc_variants:
-        path, note = ensure_bundle(model_dir, v, options.components, work, weights, threads, options.rebuild, log)
+        given = dict(options.given).get(v)
+        if given is not None:
+            path, note = given_bundle(model_dir, v, Path(given))
+        else:
+            path, note = ensure_bundle(model_dir, v, options.components, work, weights, threads, options.rebuild, log)
         notes.append(note)
         log(note)
         if path is not None:

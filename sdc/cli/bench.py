@@ -42,6 +42,11 @@ def bench(
                      "(default: a temporary folder, removed afterwards)."),
     ] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild the bundles even if --work has them.")] = False,
+    bundle: Annotated[
+        Optional[list[str]],
+        typer.Option("--bundle", help="VARIANT=PATH (repeatable): time a bundle already built from MODEL_DIR for "
+                     "that variant instead of building one, e.g. sdc-int8=out/sd15q.bundle."),
+    ] = None,
     threads: Annotated[int, typer.Option("--threads", help="Threads per variant (0: all usable CPUs).", min=0)] = 0,
     gemm_size: Annotated[int, typer.Option("--gemm-size", help="n of the n×n×n fp32 GEMM that measures the "
                                            "machine's throughput.", min=64)] = 4096,
@@ -61,10 +66,16 @@ def bench(
     if out is not None and out.suffix not in (".md", ".json"):
         raise InputError(f"--out {out}: give a .md file (markdown section) or a .json file")
     console = stderr_console()
+    given = []
+    for item in bundle or ():
+        variant, sep, path = item.partition("=")
+        if not sep or not path:
+            raise InputError(f"--bundle {item}: give VARIANT=PATH, e.g. sdc-int8=out/sd15q.bundle")
+        given.append((variant, path))
     names = lambda values, default: tuple(n for v in values for n in v.replace(",", " ").split()) if values else default  # noqa: E731
     options = BenchOptions(height=height, width=width, runs=runs, warmup=warmup, threads=threads, gemm_size=gemm_size,
                            rebuild=rebuild, components=names(components, BenchOptions.components),
-                           variants=names(variants, BenchOptions.variants))
+                           variants=names(variants, BenchOptions.variants), given=tuple(given))
     command = " ".join(shlex.quote(a) for a in ["sdc", *sys.argv[1:]])
     result = run_bench(model_dir, options, work=work, command=command,
                        log=lambda m: console.print(f"  {m}", markup=False))

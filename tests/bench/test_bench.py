@@ -8,7 +8,8 @@ import pytest
 
 from sdc.bench.run import BenchOptions, bench
 from sdc.bench.report import HEADING, markdown_section, write_markdown
-from sdc.bench.prepare import ensure_bundle
+from sdc.bench.prepare import ensure_bundle, given_bundle
+from sdc.errors import InputError
 from tests.conftest import FIXTURES, run_sdc
 
 TINY = FIXTURES / "sd1-tiny"
@@ -75,6 +76,20 @@ def test_bundles_are_reused(work):
     weights = weights_sha256(find_weight_files(TINY / "unet"))
     path, note = ensure_bundle(TINY, "sdc", ("unet",), work, weights, threads=1)
     assert path == work / "bundles" / "sdc.bundle" and "reused" in note
+
+
+def test_given_bundle_is_checked_against_the_model_and_variant(result, work):
+    """`--bundle VARIANT=PATH`: a bundle built from these weights with the variant's target and precision is
+    used as is; one from other weights, or without the variant's artifacts, is refused."""
+    built = work / "bundles" / "sdc-passes.bundle"
+    path, note = given_bundle(TINY, "sdc-passes", built)
+    assert path == built and "given" in note
+    with pytest.raises(InputError, match="other weights"):
+        given_bundle(FIXTURES / "sd2-tiny", "sdc-passes", built)
+    with pytest.raises(InputError, match="no ort-cpu int8 artifacts"):
+        given_bundle(TINY, "sdc-int8", built)
+    r = run_sdc("bench", TINY, "--variants", "paddle,sdc-passes", "--bundle", f"sdc-int8={built}")
+    assert r.returncode == 1 and "not an sdc variant of this run" in r.stderr
 
 
 def test_markdown_section_replaces_only_its_own(result, tmp_path):
