@@ -49,6 +49,7 @@ class VariantResult:
     peak_rss_bytes: int = 0
     artifact_bytes: int = 0  # the artifacts this variant ran, weights included
     artifacts: dict = field(default_factory=dict)
+    adherence: float | None = None  # shape-world prompts only: fraction of images the scorer passes (sdc.eval)
 
 
 @dataclass
@@ -145,6 +146,7 @@ def compare(bundle: Path, options: CompareOptions, work: Path | None = None, com
             v.artifact_bytes = _bytes_of(manifest, r["artifacts"])
             with np.load(out) as z:
                 outputs.append({k: z[k] for k in z.files})
+            v.adherence = adherence(options.prompts, options.seeds, outputs[-1]["images"])
         variants.append(v)
     agreement = []
     if len(outputs) == 2:
@@ -158,6 +160,21 @@ def compare(bundle: Path, options: CompareOptions, work: Path | None = None, com
     machine["load_after"] = __import__("os").getloadavg()
     return CompareResult(str(bundle), command, options, machine, variants, agreement,
                          time.perf_counter() - t_start)
+
+
+def adherence(prompts: tuple[str, ...], seeds: tuple[int, ...], images: np.ndarray) -> float | None:
+    """Fraction of images (prompt-major, [0, 1] floats) that show what their prompt asks for, when every prompt is
+    in the shape world of the shipped model (sdc.eval.world); None otherwise: the meaning of other prompts cannot
+    be read back by a program."""
+    from sdc.errors import InputError
+    from sdc.eval import scorer, world
+
+    try:
+        parsed = [world.parse_prompt(p) for p in prompts]
+    except InputError:
+        return None
+    wanted = [p for p in parsed for _ in seeds]
+    return float(np.mean([scorer.score(img, p).passed for img, p in zip(images, wanted)]))
 
 
 def _bytes_of(manifest: dict, artifacts: dict) -> int:

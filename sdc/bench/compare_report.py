@@ -8,18 +8,25 @@ HEADING = "## sdc compare"
 COLUMNS = ("variant", "s / image", "UNet step s", "peak RSS GiB", "artifacts MiB", "speedup")
 
 
+def columns(result: CompareResult) -> tuple[str, ...]:
+    """COLUMNS, plus prompt adherence when the prompts are in the shape world (sdc.eval)."""
+    return COLUMNS + (("adherence",) if any(v.adherence is not None for v in result.variants) else ())
+
+
 def variant_rows(result: CompareResult) -> list[list[str]]:
+    extra = len(columns(result)) - len(COLUMNS)
     base = next((v for v in result.variants if v.status == "ok" and v is result.variants[-1]), None)
     rows = []
     for v in result.variants:
         if v.status != "ok":
-            rows.append([v.label] + ["—"] * (len(COLUMNS) - 2) + [f"{v.status}: {v.reason}"])
+            rows.append([v.label] + ["—"] * (len(COLUMNS) - 2) + [f"{v.status}: {v.reason}"] + ["—"] * extra)
             continue
         speed = "baseline" if v is base else (f"{base.unet_step_seconds / v.unet_step_seconds:.2f}× (UNet), "
                                               f"{base.seconds_per_image / v.seconds_per_image:.2f}× (image)"
                                               if base else "—")
         rows.append([v.label, f"{v.seconds_per_image:.2f}", f"{v.unet_step_seconds:.3f}",
-                     f"{v.peak_rss_bytes / 2**30:.2f}", f"{v.artifact_bytes / 2**20:.1f}", speed])
+                     f"{v.peak_rss_bytes / 2**30:.2f}", f"{v.artifact_bytes / 2**20:.1f}", speed]
+                    + ([f"{v.adherence:.1%}" if v.adherence is not None else "—"] if extra else []))
     return rows
 
 
@@ -49,7 +56,7 @@ def compare_markdown(result: CompareResult) -> str:
 
     lines = [HEADING, "", "```bash", result.command or "(python API)", "```", ""]
     lines += [f"{x}\n" for x in header(result)]
-    lines += _md_table(COLUMNS, variant_rows(result)) + [""]
+    lines += _md_table(columns(result), variant_rows(result)) + [""]
     lines += _md_table(("prompt", "seed", "PSNR dB", "SSIM", "latent rel err"), agreement_rows(result))
     return "\n".join(lines).rstrip() + "\n"
 
@@ -62,7 +69,7 @@ def print_compare(console, result: CompareResult) -> None:
     for line in header(result):
         console.print(escape(line))
     t = Table(box=box.SIMPLE_HEAD)
-    for c in COLUMNS:
+    for c in columns(result):
         t.add_column(c, justify="left" if c == "variant" else "right")
     for row in variant_rows(result):
         t.add_row(*map(escape, row))

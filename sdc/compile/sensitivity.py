@@ -40,6 +40,7 @@ class Sweep:
     seconds: float = 0.0
     by_rule: int = 0  # how many of `excluded` the share rule chose; the rest met the tolerance
     repair_rounds: int = 0
+    weights: dict[str, str] = field(default_factory=dict)  # node -> its weight's name (the diffusers parameter)
 
     def repair(self, excluded: list[str], rounds: int) -> None:
         """Record the final exclusions after the tolerance loop (a superset of the rule's, same order)."""
@@ -54,7 +55,7 @@ class Sweep:
                       f"output error vs float; a node whose squared error is > {SHARE:g} of the sum stays float "
                       f"(at most {MAX_EXCLUDED:.0%} of the nodes)",
             "all_quantized_error": self.all_on,
-            "excluded": [{"node": n, "op": self.ops[n], "error": self.errors[n],
+            "excluded": [{"node": n, "op": self.ops[n], "weight": self.weights.get(n, ""), "error": self.errors[n],
                           "why": "dominant share" if i < self.by_rule else "held-out error over tolerance"}
                          for i, n in enumerate(self.excluded)],
             "repair_rounds": self.repair_rounds,
@@ -123,6 +124,8 @@ def sweep(qdq_path: Path, fp32_path: Path, nodes: list[str], case: dict[str, np.
     qdq = onnx.load(str(qdq_path))
     fp32 = onnx.load(str(fp32_path))
     ops = {n.name: n.op_type for n in fp32.graph.node if n.name in set(nodes)}
+    inits = {i.name for i in fp32.graph.initializer}
+    weights = {n.name: next((i for i in n.input if i in inits), "") for n in fp32.graph.node if n.name in ops}
     switchable(qdq, fp32, nodes)
     del fp32
     opts = ort.SessionOptions()
@@ -166,7 +169,7 @@ def sweep(qdq_path: Path, fp32_path: Path, nodes: list[str], case: dict[str, np.
                           f"node's values may not have the batch axis first")
     errors = {name: float(np.mean([_rel_rms(o, r) for o, r in zip(results[2 + i], off)])) for i, name in enumerate(nodes)}
     all_on = float(np.mean([_rel_rms(o, r) for o, r in zip(on, off)]))
-    result = Sweep(errors, ops, all_on, cases=case_batch)
+    result = Sweep(errors, ops, all_on, cases=case_batch, weights=weights)
     result.excluded = choose_excluded(errors)
     result.seconds = time.perf_counter() - t0
     return result
