@@ -75,7 +75,8 @@ def _print_table(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"prompt adherence ({result.target or 'default target'}, {result.precision or 'default precision'})")
+    ran = sorted(set(result.artifacts.values()))
+    table = Table(title=f"prompt adherence ({', '.join(ran) or 'no artifacts'})")
     for col in ("attribute", "accuracy", "images"):
         table.add_column(col, justify="left" if col == "attribute" else "right")
     for attribute, (acc, n) in result.per_attribute().items():

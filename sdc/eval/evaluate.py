@@ -7,7 +7,6 @@ its own fixed seed, so a result is reproducible image by image.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ class EvalResult:
     seeds: list[int]
     results: list[ImageResult]
     images: list[np.ndarray] = field(default_factory=list, repr=False)  # uint8 HxWx3, in `results` order
+    artifacts: dict[str, str] = field(default_factory=dict)  # submodel -> "target/precision" that ran
 
     @property
     def overall(self) -> float:
@@ -75,7 +75,8 @@ class EvalResult:
     def to_json(self) -> dict:
         return {
             "bundle": self.bundle, "provider": self.provider, "target": self.target, "precision": self.precision,
-            "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler, "seeds": self.seeds,
+            "artifacts": self.artifacts, "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
+            "seeds": self.seeds,
             "images": len(self.results), "overall": self.overall, "seconds_per_image": self.seconds_per_image,
             "per_attribute": {a: {"accuracy": acc, "images": n} for a, (acc, n) in self.per_attribute().items()},
             "results": [{"prompt": r.prompt, "seed": r.seed, "passed": r.passed, "seconds": r.seconds,
@@ -95,19 +96,6 @@ def parse_all(prompts: Sequence[str], source: str = "prompt list") -> list[world
     return out
 
 
-def load_pipeline(bundle, provider: str = "cpu", precision: str | None = None, target: str | None = None,
-                  verify: str = "sizes"):
-    """sdc.runtime.load, passing `precision` only when one is asked for (older runtimes have no such choice)."""
-    import sdc.runtime
-
-    kwargs = dict(provider=provider, target=target, verify=verify)
-    if precision is not None:
-        if "precision" not in inspect.signature(sdc.runtime.load).parameters:
-            raise InputError(f"--precision {precision}: this sdc runtime cannot choose an artifact by precision")
-        kwargs["precision"] = precision
-    return sdc.runtime.load(bundle, **kwargs)
-
-
 def evaluate(bundle, prompts: Sequence[str], seeds: int | Sequence[int] = 4, steps: int = DEFAULT_STEPS,
              guidance: float = DEFAULT_GUIDANCE, provider: str = "cpu", precision: str | None = None,
              target: str | None = None, scheduler: str | None = None, verify: str = "sizes",
@@ -117,8 +105,11 @@ def evaluate(bundle, prompts: Sequence[str], seeds: int | Sequence[int] = 4, ste
     if not seed_list:
         raise InputError("seeds: need at least one seed")
     parsed = parse_all(prompts)
-    pipe = load_pipeline(bundle, provider, precision, target, verify)
-    result = EvalResult(str(bundle), provider, target, precision, int(steps), float(guidance), scheduler, seed_list, [])
+    import sdc.runtime
+
+    pipe = sdc.runtime.load(bundle, provider=provider, precision=precision, target=target, verify=verify)
+    result = EvalResult(str(bundle), provider, target, precision, int(steps), float(guidance), scheduler, seed_list, [],
+                        artifacts={n: f"{a['target']}/{a['precision']}" for n, a in pipe.artifacts.items()})
     total = len(parsed) * len(seed_list)
     for text, prompt in zip(prompts, parsed):
         for seed in seed_list:

@@ -20,6 +20,14 @@ MODEL = Path(__file__).resolve().parents[2] / "models" / "tiny-shapes"
 MIN_CI_OVERALL = 0.6
 
 
+def test_shipped_model_is_small_and_says_how_it_was_made():
+    size = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
+    assert size < 15e6, size
+    record = json.loads((MODEL / "training.json").read_text())
+    assert record["recipe"]["unet_steps"] > 100 and "seed" in record and record["seconds"]["total"] > 0
+    assert (MODEL / "README.md").is_file()
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     from sdc.compile.build import build
