@@ -16,6 +16,7 @@ import numpy as np
 from sdc.compile.context import Artifact, BuildContext, SubmodelBuild, Validation
 from sdc.errors import ValidationError
 from sdc.runtime.bundle import model_path
+from sdc.runtime.emulate import model_bytes
 
 # (atol, rtol) per precision: pass when max|x - ref| <= atol + rtol * max|ref| on every output.
 # Measured on the committed fixtures and the random-weight SD 1.5 (docs/PERFORMANCE.md); each is
@@ -112,7 +113,7 @@ def _save(ctx: BuildContext, sub: SubmodelBuild, model, target: str, precision: 
     from sdc.compile.artifacts import save_onnx
 
     rel = model_path(sub.name, target, precision)
-    big = model.ByteSize() > ctx.options.external_data_threshold if hasattr(model, "ByteSize") else True
+    big = model_bytes(model) > ctx.options.external_data_threshold if hasattr(model, "ByteSize") else True
     data = save_onnx(model, ctx.work / rel, external=big)
     return Artifact(target, precision, rel, data_paths=[f"{sub.name}/{data}"] if data else [])
 

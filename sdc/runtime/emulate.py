@@ -134,6 +134,15 @@ def emulated_session(path: Path, scratch: Path | None = None, threads: int = 0):
     return emulated_session_of(onnx.load(str(path)), scratch, threads)
 
 
+def model_bytes(model) -> int:
+    """Serialized size of an in-memory ONNX model, also past protobuf's 2 GB limit, where `ByteSize()` itself
+    raises (protobuf 7: EncodeError 'Failed to serialize proto' on a real-size fp16 UNet with its casts)."""
+    try:
+        return model.ByteSize()
+    except Exception:  # too big to measure by serializing: count the tensors' bytes, which dominate
+        return sum(t.ByteSize() for t in model.graph.initializer) + (1 << 31)
+
+
 def emulated_session_of(low_model, scratch: Path | None = None, threads: int = 0):
     """A session emulating the in-memory low-precision `low_model` (left unchanged).
 
@@ -151,7 +160,7 @@ def emulated_session_of(low_model, scratch: Path | None = None, threads: int = 0
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads:
         opts.intra_op_num_threads = threads
-    if model.ByteSize() < (1 << 31) - (1 << 26):
+    if model_bytes(model) < (1 << 31) - (1 << 26):
         return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         p = Path(tmp) / "emulated.onnx"

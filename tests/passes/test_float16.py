@@ -158,3 +158,25 @@ def test_ops_without_a_low_precision_type_at_the_opset_are_found_from_the_schema
     bf16 = unsupported_nodes(model, "bf16")
     assert set(bf16) == {"conv", "norm", "sin"} and "Conv-17" in bf16["conv"]
     assert unsupported_nodes(model, "fp16") == {}
+
+
+def test_model_bytes_past_the_protobuf_limit():
+    """A real-size fp16 UNet with its emulation casts is past 2 GB, where protobuf's ByteSize() raises
+    (seen at real size: EncodeError 'Failed to serialize proto'); the size check must not."""
+    import onnx
+    from onnx import helper
+
+    from sdc.runtime.emulate import model_bytes
+
+    small = helper.make_model(helper.make_graph([], "g", [], [], [helper.make_tensor("w", onnx.TensorProto.FLOAT, [4], [1.0] * 4)]))
+    assert model_bytes(small) == small.ByteSize()
+
+    class TooBig:
+        graph = small.graph
+
+        def ByteSize(self):
+            from google.protobuf.message import EncodeError
+
+            raise EncodeError("Failed to serialize proto")
+
+    assert model_bytes(TooBig()) > 2**31
