@@ -51,12 +51,14 @@ def main() -> int:
     ap.add_argument("--samples", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--work", type=Path, default=Path("out/calibration-samples"))
     ap.add_argument("--prompt", default=HOLDOUT_PROMPT, help="held-out prompt (none of the calibration prompts)")
+    ap.add_argument("--calibration-prompts", type=Path, help="prompt file for calibration (default: sdc's)")
     args = ap.parse_args()
     rows, cases = [], None
     for n in args.samples:
         out = args.work / f"n{n}.bundle"
         t0 = time.perf_counter()
-        build(args.model_dir, out, BuildOptions(precisions=("int8", "fp32"), calibration_samples=n), force=True)
+        build(args.model_dir, out, BuildOptions(precisions=("int8", "fp32"), calibration_samples=n,
+                                                calibration_prompts=args.calibration_prompts), force=True)
         seconds = time.perf_counter() - t0
         if cases is None:
             cases = held_out_inputs(out, args.prompt)
