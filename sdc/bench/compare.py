@@ -90,16 +90,9 @@ class CompareResult:
 
 def read_prompt_file(path: Path | None, count: int | None = None) -> tuple[str, ...]:
     """Prompts from a UTF-8 file (one per line, # comments); the default file when None."""
-    src = DEFAULT_PROMPTS if path is None else Path(path)
-    if not src.is_file():
-        raise InputError(f"--prompts {src}: file not found; give a UTF-8 text file, one prompt per line")
-    try:
-        text = src.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"--prompts {src}: not UTF-8 text (byte {e.start}); save it as UTF-8")
-    prompts = [p.strip() for p in text.splitlines() if p.strip() and not p.lstrip().startswith("#")]
-    if not prompts:
-        raise InputError(f"--prompts {src}: no prompts in it (blank lines and # comments are ignored)")
+    from sdc.prompt_file import read_prompt_file
+
+    prompts, _ = read_prompt_file(DEFAULT_PROMPTS if path is None else path, "--prompts ")
     return tuple(prompts[:count] if count else prompts)
 
 

@@ -37,18 +37,10 @@ PIPELINE_SUBMODELS = ("text_encoder", "unet", "vae_decoder")
 
 def read_prompts(path: Path | None) -> tuple[list[str], str, str]:
     """(prompts, sha256 of the file, its name for the record); one-line errors for a bad file."""
-    src = DEFAULT_PROMPTS if path is None else Path(path)
+    from sdc.prompt_file import read_prompt_file
+
     label = "sdc default prompts" if path is None else str(path)
-    if not src.is_file():
-        raise InputError(f"--calibration-prompts {src}: file not found; give a UTF-8 text file, one prompt per line")
-    raw = src.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"--calibration-prompts {src}: not UTF-8 text (byte {e.start}); save it as UTF-8")
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not prompts:
-        raise InputError(f"--calibration-prompts {src}: no prompts in it (blank lines and # comments are ignored)")
+    prompts, raw = read_prompt_file(DEFAULT_PROMPTS if path is None else path, "--calibration-prompts ")
     return prompts, hashlib.sha256(raw).hexdigest(), label
 
 

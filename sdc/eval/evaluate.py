@@ -35,7 +35,7 @@ class ImageResult:
     seconds: float
 
     def misses(self) -> str:
-        return "; ".join(f"{a}: wanted {w}, saw {s}" for a, (w, s, ok) in self.checks.items() if not ok)
+        return scorer.misses_text(self.checks)
 
 
 @dataclass

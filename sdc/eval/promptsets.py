@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from sdc.errors import InputError
 from sdc.eval import world
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
@@ -54,18 +53,10 @@ def generated(name: str) -> list[str]:
 
 def read_prompts(source: str | Path) -> list[str]:
     """Non-empty, non-comment lines of a shipped set ("train", "heldout", "ci") or of a text file."""
+    from sdc.prompt_file import MISSING_FIX, read_prompt_file
+
     path = PROMPT_DIR / f"{source}.txt" if source in SETS else Path(source)
-    if not path.is_file():
-        raise InputError(f"{path}: prompt file not found (pass a UTF-8 text file, one prompt a line, or one of {', '.join(SETS)})")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8, one prompt a line") from None
-    lines = [s.strip() for s in text.splitlines()]
-    lines = [s for s in lines if s and not s.startswith("#")]
-    if not lines:
-        raise InputError(f"{path}: no prompts (write one prompt a line, e.g. {world.EXAMPLE!r})")
-    return lines
+    return read_prompt_file(path, missing_fix=f"{MISSING_FIX}, or one of {', '.join(SETS)}")[0]
 
 
 def write_all() -> None:

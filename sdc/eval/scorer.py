@@ -55,6 +55,11 @@ class Reading:
         return getattr(self, attribute)
 
 
+def misses_text(checks: dict[str, tuple[object, object, bool]]) -> str:
+    """The failed attributes of a score's checks as 'shape: wanted circle, saw square; ...' ('' when none)."""
+    return "; ".join(f"{a}: wanted {w}, saw {s}" for a, (w, s, ok) in checks.items() if not ok)
+
+
 @dataclass(frozen=True)
 class Score:
     """Per requested attribute: (wanted, seen, passed); `passed` is true when every attribute is."""
@@ -67,8 +72,7 @@ class Score:
         return all(ok for _, _, ok in self.checks.values())
 
     def misses(self) -> str:
-        """The failed attributes as 'shape: wanted circle, saw square; ...' ('' when none)."""
-        return "; ".join(f"{a}: wanted {w}, saw {s}" for a, (w, s, ok) in self.checks.items() if not ok)
+        return misses_text(self.checks)
 
 
 MAX_SIDE = 128  # larger images are box-downsampled first: the shapes stay readable, the labelling stays fast
