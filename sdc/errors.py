@@ -52,5 +52,9 @@ class ChecksumError(BundleError):
     """A bundle file's sha256 or size differs from the manifest."""
 
 
+class OutputError(SdcError):
+    """The output cannot be written: unwritable folder, full disk, another build of the same output running."""
+
+
 class InputError(SdcError):
     """A bad argument: size not a multiple of 8, steps < 1, output exists without --force, ..."""

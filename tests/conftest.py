@@ -68,14 +68,28 @@ def run_sdc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def bundles(tmp_path_factory) -> dict[str, Path]:
-    """sd1-tiny and sd2-tiny built once, with the Python API (the CLI is covered separately)."""
+def bundles(request, tmp_path_factory) -> dict[str, Path]:
+    """sd1-tiny and sd2-tiny built once per test run, with the Python API (the CLI is covered separately).
+
+    Under pytest-xdist every worker would build them; instead the workers share one folder beside their
+    own temporary roots, and the first to take its lock builds (tests must not modify these bundles:
+    copy one first).
+    """
+    import fcntl
+
     from sdc.compile.build import build
 
-    root = tmp_path_factory.mktemp("bundles")
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if hasattr(request.config, "workerinput") else base) / "shared-bundles"
+    root.mkdir(exist_ok=True)
     out = {}
-    for family in FAMILIES:
-        out[family] = build(FIXTURES / family, root / f"{family}.bundle").out
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for family in FAMILIES:
+            path = root / f"{family}.bundle"
+            if not (path / "manifest.json").is_file():
+                build(FIXTURES / family, path)
+            out[family] = path
     return out
 
 

@@ -68,8 +68,8 @@ def build(
     ] = None,
     calibration_samples: Annotated[
         int, typer.Option("--calibration-samples", help="UNet inputs captured across the timesteps of real "
-                          "sampling runs for the INT8 scales.")
-    ] = 16,
+                          "sampling runs for the INT8 scales (8: one 8-step run; more add runs of 8 with other prompts).")
+    ] = 8,
 ) -> None:
     """Build a validated, checksummed bundle from a diffusers checkpoint.
 

@@ -86,7 +86,7 @@ def verify(
                 continue
             ok &= passed
             console.print(f"  {'[green]✓[/]' if passed else '[red]✗[/]'} {line}")
-    finish(ok, t0, f"verified {bundle}: {len(manifest['files'])} files"
-           + (", numerics re-run" if numerics else "") + ("" if ok else ", PROBLEMS FOUND"))
+    what = f"{len(manifest['files'])} files" + (", numerics re-run" if numerics else "")
+    finish(ok, t0, f"verified {bundle}: {what}" if ok else f"{bundle} failed verification ({what}): see the ✗ lines")
     if not ok:
         raise typer.Exit(1)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from sdc.compile.context import BuildContext, BuildOptions, SubmodelBuild
-from sdc.errors import ConfigError
+from sdc.compile.output import environment_error
+from sdc.errors import ConfigError, SdcError
 
 SD_SUBMODELS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
 
@@ -49,56 +50,6 @@ def _stages() -> list[tuple[str, Callable]]:
 
     return [("load", load_stage), ("reference", reference_stage), ("trace", trace_stage),
             ("export", export_stage), ("validate", validate_stage)]
-
-
-def _claim(folder: Path) -> None:
-    from sdc.compile.bundle import OWNER
-
-    (folder / OWNER).write_text(str(os.getpid()), encoding="utf-8")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temporaries(out: Path) -> int:
-    """Delete the temporary folders of earlier builds of `out` whose process is gone (killed, crashed).
-
-    A temporary folder is stale when the pid it names is not running, or when it names none (it was
-    killed before writing it) and is over an hour old; a live build's folder is never touched.
-    Scratch folders of dead builds in the system temp dir go the same way.
-    """
-    from sdc.compile.bundle import OWNER
-
-    removed = 0
-    candidates = list(out.parent.glob(f".{out.name}.tmp-*")) if out.parent.is_dir() else []
-    candidates += list(Path(tempfile.gettempdir()).glob("sdc-build-*-*"))
-    for folder in candidates:
-        if not folder.is_dir():
-            continue
-        owner = folder / OWNER
-        pid = None
-        if owner.is_file():
-            try:
-                pid = int(owner.read_text(encoding="utf-8").strip())
-            except (OSError, ValueError):
-                pid = None
-        elif folder.name.startswith("sdc-build-"):
-            try:
-                pid = int(folder.name.split("-")[2])
-            except (IndexError, ValueError):
-                pid = None
-        stale = (pid is not None and not _alive(pid)) or (pid is None and time.time() - folder.stat().st_mtime > 3600)
-        if stale:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed += 1
-    return removed
 
 
 def _run_precision(ctx: BuildContext, reporter: Reporter, seconds: dict[str, float]) -> None:
@@ -155,11 +106,11 @@ def check_targets(options: BuildOptions) -> None:
 
 def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), force: bool = False,
           reporter: Reporter | None = None) -> BuildResult:
-    from sdc.compile.bundle import bundle_stage, check_output
+    from sdc.compile.output import OutputLock, check_output
     from sdc.graphs import folder_of, load_config
     from sdc.graphs.configs import load_model_index
     from sdc.graphs.specs import spec_for
-    from sdc.graphs.weights import find_weight_files, weights_sha256
+    from sdc.graphs.weights import find_weight_files
 
     reporter = reporter or Reporter()
     model_dir, out = Path(model_dir), Path(out)
@@ -176,17 +127,43 @@ def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), fo
     import paddle  # only now: every check that can fail fast has run
 
     paddle.set_device("cpu")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with OutputLock(out):
+            manifest, ctx, seconds = _build_locked(model_dir, out, options, force, reporter, index, subs, weight_files)
+    except OSError as e:
+        raise environment_error(e, out) or e
+    except SdcError:
+        raise
+    except Exception as e:  # C++ libraries report a full disk in their own exception types
+        err = environment_error(e, out)
+        if err is None:
+            raise
+        raise err
+    return BuildResult(out, manifest, seconds, ctx.warnings)
+
+
+def _build_locked(model_dir: Path, out: Path, options: BuildOptions, force: bool, reporter: Reporter, index, subs,
+                  weight_files) -> tuple[dict, BuildContext, dict[str, float]]:
+    """The build proper, with the output lock held: every stage into a temporary folder, then the swap."""
+    from sdc.compile.bundle import bundle_stage
+    from sdc.compile.p2o import close_worker, start_worker
+    from sdc.compile.output import check_output, claim, remove_stale_temporaries
+    from sdc.graphs.weights import weights_sha256
+
+    check_output(out, force)  # again under the lock: a build that finished meanwhile made OUT
     removed = remove_stale_temporaries(out)
     if removed:
         reporter.log(f"removed {removed} temporary folder(s) left by killed builds of {out.name}")
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-    scratch = Path(tempfile.mkdtemp(prefix=f"sdc-build-{os.getpid()}-"))
-    _claim(work)
-    ctx = BuildContext(model_dir, out, work, scratch, index, options, subs, log=reporter.log)
-    seconds: dict[str, float] = {}
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    scratch = None
     try:
+        claim(work)
+        work.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+        scratch = Path(tempfile.mkdtemp(prefix=f"sdc-build-{os.getpid()}-"))
+        ctx = BuildContext(model_dir, out, work, scratch, index, options, subs, log=reporter.log)
+        seconds: dict[str, float] = {}
+        start_worker()  # paddle2onnx's imports overlap loading and tracing (two cores, a tiny model: seconds)
         t0 = time.perf_counter()
         ctx.weights_sha256 = weights_sha256(weight_files)
         seconds["hash"] = time.perf_counter() - t0
@@ -210,7 +187,9 @@ def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), fo
         shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return BuildResult(out, manifest, seconds, ctx.warnings)
+        close_worker()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return manifest, ctx, seconds
 
 

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import datetime, timezone
-from pathlib import Path
 
 from sdc import __version__
 from sdc.compile.context import BuildContext
-from sdc.errors import InputError
+from sdc.compile.output import OWNER, replace_dir
 from sdc.graphs import folder_of
 from sdc.graphs.configs import read_json
 from sdc.runtime.bundle import (
     FORMAT, FORMAT_VERSION, MANIFEST, SCHEDULER_CONFIG, SUMMARY, TOKENIZER_DIRS, file_table,
 )
 
-OWNER = ".sdc-build-owner"  # in a build's temporary folder: the pid writing it (removed before hashing)
 DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 7.5
-
-
-def check_output(out: Path, force: bool) -> None:
-    """Refuse to overwrite unless asked: decided before any work so a failed build leaves nothing."""
-    if out.exists() and not force:
-        raise InputError(f"{out}: already exists; pass --force to replace it")
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise InputError(f"{out}: exists and is not an sdc bundle; refusing to replace it, choose another path")
 
 
 def copy_assets(ctx: BuildContext) -> None:
@@ -132,14 +121,3 @@ def bundle_stage(ctx: BuildContext) -> dict:
     (ctx.work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     replace_dir(ctx.work, ctx.out)
     return manifest
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished bundle into place; an old bundle is removed only after the new one is there."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -26,7 +26,7 @@ import numpy as np
 from sdc.errors import InputError
 
 DEFAULT_PROMPTS = Path(__file__).parent / "data" / "calibration_prompts.txt"
-DEFAULT_SAMPLES = 16  # UNet inputs (2 runs of 8 steps); docs/PERFORMANCE.md "How many calibration samples": no gain measured past 8
+DEFAULT_SAMPLES = 8  # UNet inputs (one run of 8 steps); docs/PERFORMANCE.md "How many calibration samples": no gain measured past 8
 MIN_SAMPLES = 4
 STEPS_PER_RUN = 8  # denoising steps of each calibration run: ceil(samples / 8) runs, each a new prompt
 HOLDOUT_STEPS = 4  # the held-out run: validation inputs spread over the schedule
@@ -68,7 +68,21 @@ class CalibrationSet:
     calibration: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
     holdout: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
     ranges: dict[str, object] = field(default_factory=dict)  # submodel -> sdc.compile.ranges.Ranges of its graph
+    # (submodel, graph path) -> that graph's outputs on `holdout`: the held-out run recorded the outputs of
+    # the graphs it ran, and every reduced-precision artifact is compared with them (a real UNet's
+    # fp32 graph would otherwise run the held-out inputs again for each artifact and each check).
+    holdout_outputs: dict[tuple[str, str], list[dict[str, np.ndarray]]] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def reference_outputs(self, submodel: str, graph: Path, spec: dict) -> list[dict[str, np.ndarray]]:
+        """The fp32 `graph`'s outputs on the held-out inputs of `submodel` (recorded, or run once and kept)."""
+        key = (submodel, str(graph))
+        if key not in self.holdout_outputs:
+            from sdc.runtime.models import OnnxModel
+
+            model = OnnxModel(graph, spec, ["CPUExecutionProvider"])
+            self.holdout_outputs[key] = [model(**c) for c in self.holdout.get(submodel, [])]
+        return self.holdout_outputs[key]
 
     def record(self) -> dict:
         """What the manifest keeps about the calibration (no arrays)."""
@@ -89,6 +103,7 @@ class _Recorder:
     def __init__(self, session, outputs: list[str], extra: list[str], store: list, ranges=None):
         self.session, self.outputs, self.extra, self.store, self.ranges = session, outputs, extra, store, ranges
         self.calibrating = True
+        self.returned: list[dict[str, np.ndarray]] = []  # outputs of the held-out calls
 
     def __call__(self, **inputs):
         self.store.append({k: np.array(v, copy=True) for k, v in inputs.items()})
@@ -96,7 +111,10 @@ class _Recorder:
         values = self.session.run(wanted, inputs)
         if len(values) > len(self.outputs):
             self.ranges.update(self.extra, values[len(self.outputs):])
-        return dict(zip(self.outputs, values[:len(self.outputs)]))
+        out = dict(zip(self.outputs, values[:len(self.outputs)]))
+        if not self.calibrating:
+            self.returned.append({k: np.array(v, copy=True) for k, v in out.items()})
+        return out
 
 
 def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict], prompts_file: Path | None,
@@ -155,6 +173,7 @@ def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict],
             for n, s in stores.items():
                 result.holdout[n] = s[marks[n]:]
                 del s[marks[n]:]
+                result.holdout_outputs[(n, str(artifacts[n]))] = models[n].returned
     # The text encoder sees every prompt (it is cheap), in batches as the pipeline sends them.
     te = models["text_encoder"]
     te.calibrating = True

@@ -24,7 +24,7 @@ class BuildOptions:
     # Numeric precisions to ship (sdc.runtime.precisions); the first is the bundle's default.
     precisions: tuple[str, ...] = ("fp32",)
     calibration_prompts: Path | None = None  # None: sdc's default prompt file
-    calibration_samples: int = 16  # UNet inputs captured for INT8 scales (sdc.compile.calibrate)
+    calibration_samples: int = 8  # UNet inputs captured for INT8 scales (sdc.compile.calibrate)
 
 
 @dataclass

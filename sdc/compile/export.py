@@ -8,30 +8,17 @@ weights are large.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from sdc.compile.context import Artifact, BuildContext, SubmodelBuild
+from sdc.compile.p2o import close_worker, paddle2onnx_result
 from sdc.errors import ExportError
 from sdc.runtime.bundle import model_path
 
 
-def run_paddle2onnx(program_json: Path, out: Path, opset: int, submodel: str) -> None:
-    """paddle2onnx in a child process; any failure becomes an ExportError naming the submodel."""
-    env = dict(os.environ, POLYGRAPHY_AUTOINSTALL_DEPS="0", GLOG_minloglevel="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "sdc.compile.p2o_worker", str(program_json), str(out), str(opset)],
-        capture_output=True, text=True, env=env,
-    )
-    if proc.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
-        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if "ERROR" in l or "Error" in l]
-        why = (lines[-1] if lines else (proc.stderr.strip().splitlines() or ["no output"])[-1]).strip()
-        raise ExportError(f"{submodel}: paddle2onnx failed (exit {proc.returncode}): {why[:300]}")
+GC_BYTES = 64 << 20  # past this, collect the freed module at once (its parameters are as large as the model)
 
 
 def attach_weights(model, layer, submodel: str) -> int:
@@ -94,7 +81,11 @@ def name_io(model, sub: SubmodelBuild) -> None:
 
 def export_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
     t0 = time.perf_counter()
-    write_artifacts(ctx, sub, lambda: exported_model(ctx, sub))
+    try:
+        write_artifacts(ctx, sub, lambda: exported_model(ctx, sub))
+    finally:
+        if sub.name == list(ctx.submodels)[-1]:
+            close_worker()  # the last export: free the worker's memory for the precision stage
     sub.seconds["export"] = time.perf_counter() - t0
 
 
@@ -108,14 +99,14 @@ def exported_model(ctx: BuildContext, sub: SubmodelBuild):
 
     import onnx
 
-    graph_only = ctx.scratch / sub.name / "graph.onnx"
-    run_paddle2onnx(Path(str(sub.program_prefix) + ".json"), graph_only, ctx.options.opset, sub.name)
+    graph_only = paddle2onnx_result(sub.name)  # submitted by the trace stage: converted while the next one traced
     model = onnx.load(str(graph_only))
     sub.weight_bytes = attach_weights(model, sub.layer, sub.name)
     name_io(model, sub)
     model.producer_name, model.producer_version = "sdc", _version()
     sub.layer = None
-    gc.collect()
+    if sub.weight_bytes > GC_BYTES:
+        gc.collect()
     return model
 
 
@@ -139,7 +130,7 @@ def write_artifacts(ctx: BuildContext, sub: SubmodelBuild, make_model) -> None:
         model, report = optimize(model, "portable", debug=opts.debug_passes)
         portable_passes = report.passes
         for target in opts.targets:
-            tuned_model, tuned_report = optimize(model, target, debug=opts.debug_passes)
+            tuned_model, tuned_report = optimize(model, target, debug=opts.debug_passes, after=report)
             if fused_ops(tuned_report.passes):
                 tuned.append((target, tuned_model, tuned_report))
             else:  # identical to the portable graph: the runtime falls back to it

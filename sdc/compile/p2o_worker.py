@@ -1,6 +1,11 @@
 """Runs paddle2onnx in its own process: it aborts the process on some ops and raises SystemExit on others.
 
-Usage: python -m sdc.compile.p2o_worker PROGRAM.json OUT.onnx OPSET
+Usage: python -m sdc.compile.p2o_worker RESULT_FD
+Then one job per line on stdin, `PROGRAM.json<TAB>OUT.onnx<TAB>OPSET`; one answer per job on RESULT_FD:
+`ok` or `error <why>`. Importing paddle2onnx (and Paddle under it) costs seconds, so one worker serves
+every export of a build (sdc/compile/export.py keeps it); a job that kills the process costs only
+that job, and the next one starts a new worker. Answers go to their own pipe because paddle2onnx's
+C++ code prints to stdout and stderr at will.
 
 The parameters are deliberately not passed (a params path that does not exist), so the graph comes
 out without weights: paddle2onnx writes a 0-byte file for models over 2 GB, and attaching the
@@ -13,9 +18,8 @@ import os
 import sys
 
 
-def main() -> int:
-    program, out, opset = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    os.environ.setdefault("POLYGRAPHY_AUTOINSTALL_DEPS", "0")  # never pip-install at build time
+def export(program: str, out: str, opset: int) -> str:
+    """'ok', or 'error <why>' for failures paddle2onnx reports without killing the process."""
     import paddle2onnx
 
     try:
@@ -29,11 +33,23 @@ def main() -> int:
             verbose=False,
         )
     except SystemExit as e:
-        print(f"paddle2onnx exited with {e.code}", file=sys.stderr)
-        return 3
+        return f"error paddle2onnx exited with {e.code}"
+    except Exception as e:  # paddle2onnx raises plain Exceptions from its C++ core
+        return f"error {(str(e).splitlines() or [type(e).__name__])[0][:300]}"
     if not os.path.isfile(out) or os.path.getsize(out) == 0:
-        print("paddle2onnx wrote no graph", file=sys.stderr)
-        return 4
+        return "error paddle2onnx wrote no graph"
+    return "ok"
+
+
+def main() -> int:
+    result = os.fdopen(int(sys.argv[1]), "w", buffering=1)
+    os.environ.setdefault("POLYGRAPHY_AUTOINSTALL_DEPS", "0")  # never pip-install at build time
+    import paddle2onnx  # noqa: F401  (once, before the first job)
+
+    result.write("ready\n")
+    for line in sys.stdin:
+        program, out, opset = line.rstrip("\n").split("\t")
+        result.write(export(program, out, int(opset)).replace("\n", " ") + "\n")
     return 0
 
 

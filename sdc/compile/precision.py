@@ -221,7 +221,7 @@ def build_int8(ctx: BuildContext, sub: SubmodelBuild, base: Artifact, target: st
     sensitive layers."""
     import onnx
 
-    from sdc.compile.sensitivity import SWEEP_CASES, crop, stack, sweep
+    from sdc.compile.sensitivity import SWEEP_CASES, crop, last_row, stack, sweep
     from sdc.passes.onnx.float16 import name_nodes
     from sdc.passes.onnx.qdq import SCHEMES, quantizable_nodes, quantize_int8, quantized_counts
 
@@ -252,7 +252,7 @@ def build_int8(ctx: BuildContext, sub: SubmodelBuild, base: Artifact, target: st
     quantize_int8(named, full, scheme, None, cache, [], external=True)
     t_sweep = time.perf_counter()
     spec = sub.spec.to_json()
-    picked = _spread(cal.holdout[sub.name], SWEEP_CASES)
+    picked = [last_row(c, spec) for c in _spread(cal.holdout[sub.name], SWEEP_CASES)]
     stacked = stack([crop(c, spec, _latent_multiple(ctx), _image_factor(ctx)) for c in picked], spec)
     if len(stacked) != 1:
         raise ValidationError(f"{sub.name}: the sensitivity sweep needs inputs with a leading batch axis")
@@ -307,11 +307,11 @@ def _holdout_relative(ctx: BuildContext, sub: SubmodelBuild, base: Artifact, int
     if not cases:
         return None
     spec = sub.spec.to_json()
-    fp32 = OnnxModel(ctx.work / base.path, spec, ["CPUExecutionProvider"])
+    refs = cal.reference_outputs(sub.name, ctx.work / base.path, spec)
     q = OnnxModel(int8_path, spec, ["CPUExecutionProvider"], fuse=VALIDATE_FUSED.get(target, True))
     worst = 0.0
-    for c in cases:
-        ref, got = fp32(**c), q(**c)
+    for c, ref in zip(cases, refs):
+        got = q(**c)
         for k, r in ref.items():
             scale = float(np.max(np.abs(r))) or 1.0
             worst = max(worst, float(np.max(np.abs(got[k].astype(np.float64) - r))) / scale)
@@ -392,8 +392,8 @@ def validate_low(ctx: BuildContext, sub: SubmodelBuild, art: Artifact, base: Art
     v.where = where
     cal = ctx.calibration
     if cal is not None and cal.holdout.get(sub.name):
-        fp32 = OnnxModel(ctx.work / base.path, spec, ["CPUExecutionProvider"])
-        cases = [(None, c, fp32(**c)) for c in cal.holdout[sub.name]]
+        refs = cal.reference_outputs(sub.name, ctx.work / base.path, spec)
+        cases = [(None, c, r) for c, r in zip(cal.holdout[sub.name], refs)]
         h = compare(cases, run, atol, rtol)
         v.holdout = {"cases": len(cases), "max_abs": h.max_abs, "max_rel": h.max_rel, "per_output": h.per_output,
                      "against": "the fp32 artifact (itself validated against Paddle)", "passed": h.passed}

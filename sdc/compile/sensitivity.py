@@ -86,6 +86,17 @@ def crop(case: dict[str, np.ndarray], spec: dict, multiple: int, image_factor: i
     return out
 
 
+def last_row(case: dict[str, np.ndarray], spec: dict) -> dict[str, np.ndarray]:
+    """The last batch row of every input (the prompt's half of a guided batch), when all are batched.
+
+    The sweep's cost grows with its batch rows, and a guided UNet batch doubles them for a second
+    view of the same layers: at real size one row halves the sweep (docs/PERFORMANCE.md).
+    """
+    if not all(t["shape"] and t["shape"][0] == "batch" for t in spec["inputs"]):
+        return case
+    return {k: np.ascontiguousarray(v[-1:]) for k, v in case.items()}
+
+
 def stack(cases: list[dict[str, np.ndarray]], spec: dict) -> list[dict[str, np.ndarray]]:
     """The cases as one batch when every input has a leading `batch` dim and the rest agrees (one run
     per sweep step instead of one per case: the small graphs of tests are overhead-bound)."""

@@ -53,5 +53,14 @@ def trace_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
     sub.program_prefix = prefix
     from sdc.passes.program import run_program_passes
 
-    sub.program_passes = run_program_passes(prefix.with_suffix(".json"))
+    try:
+        sub.program_passes = run_program_passes(prefix.with_suffix(".json"))
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError: Paddle's writer ignores failed writes
+        from sdc.compile.output import incomplete_write
+
+        raise incomplete_write(prefix.with_suffix(".json"), ctx.out)
+    from sdc.compile.p2o import submit_paddle2onnx
+
+    # Converted by the worker while the next submodel traces; the export stage collects it.
+    submit_paddle2onnx(sub.name, prefix.with_suffix(".json"), ctx.scratch / sub.name / "graph.onnx", ctx.options.opset)
     sub.seconds["trace"] = time.perf_counter() - t0

@@ -12,11 +12,12 @@ if TYPE_CHECKING:
 TARGETS = ("portable", "ort-cpu", "ort-cuda", "tensorrt")
 
 
-def optimize(model: onnx.ModelProto, target: str, debug: bool = False) -> tuple[onnx.ModelProto, PassReport]:
+def optimize(model: onnx.ModelProto, target: str, debug: bool = False,
+             after: PassReport | None = None) -> tuple[onnx.ModelProto, PassReport]:
     """See sdc.passes.onnx.optimize.optimize (imported here lazily: onnx and onnxscript are build-time deps)."""
     from sdc.passes.onnx.optimize import optimize as _optimize
 
-    return _optimize(model, target, debug)
+    return _optimize(model, target, debug, after)
 
 
 def fused_ops(passes: dict[str, dict[str, int]]) -> dict[str, int]:

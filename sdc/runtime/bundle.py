@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 
 from sdc.errors import BundleError, ChecksumError
@@ -58,14 +58,12 @@ def sha256_file(path: Path) -> str:
 
 
 def safe_join(root: Path, rel: str) -> Path:
-    """Resolve a manifest path inside the bundle; refuse absolute paths and `..` escapes."""
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or "\\" in rel or not rel:
-        raise BundleError(f"{root / MANIFEST}: path {rel!r} escapes the bundle directory; the bundle is malformed")
-    full = (root / p).resolve()
-    if not full.is_relative_to(root.resolve()):
-        raise BundleError(f"{root / MANIFEST}: path {rel!r} escapes the bundle directory; the bundle is malformed")
-    return full
+    """Resolve a manifest path inside the bundle; refuse absolute, unnormalised, `..` and symlink escapes."""
+    from sdc.runtime.manifest_check import _Where, check_rel_path, inside
+
+    root = Path(root)
+    check_rel_path(_Where(root / MANIFEST), "path", rel)
+    return inside(root, rel)
 
 
 def read_manifest(root: Path) -> dict:
@@ -94,8 +92,10 @@ def read_manifest(root: Path) -> dict:
         manifest = _MIGRATIONS[version](manifest)
         version += 1
         manifest["format_version"] = version
-    for rel in manifest.get("files", {}):
-        safe_join(root, rel)
+    from sdc.runtime.manifest_check import check_graph_references, check_manifest
+
+    check_manifest(root, manifest, path)
+    check_graph_references(root, manifest)
     return manifest
 
 

@@ -16,6 +16,7 @@ Every draw is `randn` below: float32 standard normals from numpy's generator.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -117,7 +118,18 @@ class StableDiffusionPipeline:
         for name in ("text_encoder", "unet", "vae_decoder"):
             if name not in models:
                 raise InputError(f"the pipeline needs submodel {name!r}; got {', '.join(sorted(models)) or 'none'}")
-        self.last_timings: dict[str, float] = {}  # seconds per stage of the latest call, for `sdc bench`
+        self._local = threading.local()  # per-thread state: one pipeline serves concurrent callers
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """Seconds per stage of this thread's latest call (for `sdc bench`); each thread sees its own."""
+        if not hasattr(self._local, "timings"):
+            self._local.timings = {}
+        return self._local.timings
+
+    @last_timings.setter
+    def last_timings(self, value: dict[str, float]) -> None:
+        self._local.timings = value
 
     # ------------------------------------------------------------------ pieces
 

@@ -16,12 +16,17 @@ def recorded_cases(path: Path) -> list[tuple[dict, dict]]:
     """[(inputs, outputs)] from a validation.safetensors written by the build."""
     from safetensors.numpy import load_file
 
-    tensors = load_file(str(path))
+    from sdc.errors import BundleError
+
     cases: dict[int, tuple[dict, dict]] = {}
-    for key, arr in tensors.items():
-        i, kind, name = key.split("/", 2)
-        inputs, outputs = cases.setdefault(int(i), ({}, {}))
-        (inputs if kind == "input" else outputs)[name] = arr
+    try:
+        tensors = load_file(str(path))
+        for key, arr in tensors.items():
+            i, kind, name = key.split("/", 2)
+            inputs, outputs = cases.setdefault(int(i), ({}, {}))
+            (inputs if kind == "input" else outputs)[name] = arr
+    except Exception as e:  # safetensors raises its own types on a damaged file; a bad key is a ValueError
+        raise BundleError(f"{path}: cannot read the recorded validation cases ({str(e)[:160]}); rebuild the bundle")
     return [cases[i] for i in sorted(cases)]
 
 

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from sdc.compile.build import remove_stale_temporaries
-from sdc.compile.bundle import OWNER
+from sdc.compile.output import remove_stale_temporaries
+from sdc.compile.output import OWNER
 
 
 def test_dead_builds_folders_go_live_ones_stay(tmp_path):

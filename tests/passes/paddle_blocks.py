@@ -141,7 +141,8 @@ def _export(layer, specs, inputs: tuple[str, ...], outputs: tuple[str, ...], out
     import onnx
     import paddle
 
-    from sdc.compile.export import attach_weights, run_paddle2onnx
+    from sdc.compile.export import attach_weights
+    from sdc.compile.p2o import run_paddle2onnx
 
     prefix = out.parent / (out.stem + ".program")
     static = paddle.jit.to_static(layer, input_spec=specs, full_graph=True)

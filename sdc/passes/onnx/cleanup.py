@@ -117,7 +117,8 @@ def cleanup(model: ir.Model, debug: bool = False) -> PassResult:
     try:
         for _ in range(2):  # folding exposes no-op rules (x + 0 after a folded `scale`), which expose folding
             optimizer.fold_constants(model, onnx_shape_inference=True)  # also folds Shape chains of known dims
-            RewriteRuleSet(list(RULES)).apply_to_model(model)
+            if not RewriteRuleSet(list(RULES)).apply_to_model(model):
+                break  # no rule fired: a second folding would find what the first left, nothing
     finally:
         forget_matches(RULES)
     common.RemoveUnusedNodesPass()(model)

@@ -46,17 +46,30 @@ class PassReport:
                            "seconds": round(self.seconds, 3)}, sort_keys=True)
 
 
-def optimize(model: onnx.ModelProto, target: str, debug: bool = False) -> tuple[onnx.ModelProto, PassReport]:
+def optimize(model: onnx.ModelProto, target: str, debug: bool = False,
+             after: PassReport | None = None) -> tuple[onnx.ModelProto, PassReport]:
     """The model rewritten for `target` (portable, ort-cpu, ort-cuda, tensorrt), and what each pass did.
 
     With debug=True, every fusion rule that rewrote nothing logs its nearest misses and the reason
-    to the "sdc.passes" logger (INFO).
+    to the "sdc.passes" logger (INFO). `after`: the report of the pipeline that already produced
+    `model`; the leading passes the two pipelines share are not run again (cleanup is idempotent and
+    costs most of a small model's pass time) and their counts are taken from that report.
     """
     if target not in PIPELINES:
         raise UnknownTargetError(f"unknown pass target {target!r} (choose one of: {', '.join(PIPELINES)})")
     t0 = time.perf_counter()
+    passes = PIPELINES[target]
+    done: list[PassResult] = []
+    if after is not None:
+        shared = 0
+        for a, b in zip(PIPELINES[after.target], passes):
+            if a is not b:
+                break
+            shared += 1
+        done = [PassResult(name, bool(counts), dict(counts)) for name, counts in list(after.passes.items())[:shared]]
+        passes = passes[shared:]
     model_ir = ir.serde.deserialize_model(model)
-    results: list[PassResult] = [run_pass(p, model_ir, debug) for p in PIPELINES[target]]
+    results: list[PassResult] = done + [run_pass(p, model_ir, debug) for p in passes]
     out = ir.serde.serialize_model(model_ir)
     report = PassReport(target, _by_name(results), time.perf_counter() - t0)
     log.info("optimize %s: %s", target, report.to_json())

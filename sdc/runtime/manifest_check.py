@@ -1,0 +1,220 @@
+"""Type and path checks of a bundle's manifest, run when the bundle is opened.
+
+A manifest is input from whoever handed over the bundle: every field the runtime and the CLI read
+is checked here, once, so that a malformed one gives a one-line BundleError naming the field, never
+a KeyError/TypeError deep inside a generation, and every path it names (artifacts, their external
+data, engines, the file table, the tokenizer and scheduler the layout fixes) is relative,
+normalised, inside the bundle, not through a symlink that leaves it, and covered by the checksum
+table. The external-data locations written inside each ONNX graph are checked too
+(sdc.runtime.onnx_refs), since ONNX Runtime would follow them.
+
+Hand-written rather than a JSON-Schema library: the runtime keeps its dependencies to numpy,
+onnxruntime and tokenizers, and the messages must name the field and the fix in one line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from sdc.errors import BundleError
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NUMBER = (int, float)
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
+
+
+class _Where:
+    """The manifest path of a value (`submodels.unet.artifacts[2].path`) for error messages."""
+
+    def __init__(self, manifest_path: Path):
+        self.file = manifest_path
+
+    def fail(self, field: str, problem: str) -> BundleError:
+        return BundleError(f"{self.file}: {field}: {problem}; the bundle is malformed, rebuild it or ask its author")
+
+
+def _typed(where: _Where, field: str, value, kinds, what: str, optional: bool = False):
+    if value is None and optional:
+        return value
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise where.fail(field, f"expected {what}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise where.fail(field, f"expected {what}, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
+
+
+def _obj(where: _Where, parent: dict, key: str, prefix: str, optional: bool = False) -> dict:
+    if key not in parent:
+        if optional:
+            return {}
+        raise where.fail(f"{prefix}{key}", "missing")
+    return _typed(where, f"{prefix}{key}", parent[key], dict, "an object")
+
+
+def _field(where: _Where, parent: dict, key: str, prefix: str, kinds, what: str, optional: bool = False):
+    if key not in parent:
+        if optional:
+            return None
+        raise where.fail(f"{prefix}{key}", "missing")
+    return _typed(where, f"{prefix}{key}", parent[key], kinds, what, optional)
+
+
+def check_rel_path(where: _Where, field: str, rel) -> str:
+    """A manifest path: a non-empty relative POSIX path, normalised (no `.`, `..`, empty parts, backslashes,
+    drive letters or NUL)."""
+    _typed(where, field, rel, str, "a relative path")
+    if not rel or "\x00" in rel or "\\" in rel or PureWindowsPath(rel).drive or rel.startswith("/"):
+        raise where.fail(field, f"path {rel!r} is absolute or not a POSIX path")
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts) or PurePosixPath(rel).as_posix() != rel:
+        raise where.fail(field, f"path {rel!r} is not normalised or escapes the bundle")
+    return rel
+
+
+def inside(root: Path, rel: str) -> Path:
+    """The file `rel` names, resolved (symlinks followed); refused when that leaves the bundle."""
+    real_root = root.resolve()
+    full = (root / rel).resolve()
+    if full != real_root and not full.is_relative_to(real_root):
+        raise BundleError(f"{root / rel}: resolves outside the bundle (a symlink leaves it); the bundle is malformed")
+    return full
+
+
+def _spec_tensors(where: _Where, sub: dict, key: str, prefix: str) -> None:
+    tensors = _field(where, sub, key, prefix, list, "a list of tensors")
+    if not tensors:
+        raise where.fail(f"{prefix}{key}", "empty")
+    for i, t in enumerate(tensors):
+        p = f"{prefix}{key}[{i}]"
+        _typed(where, p, t, dict, "an object")
+        _field(where, t, "name", p + ".", str, "a string")
+        dtype = _field(where, t, "dtype", p + ".", str, "a dtype name")
+        if dtype not in DTYPES:
+            raise where.fail(p + ".dtype", f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+        shape = _field(where, t, "shape", p + ".", list, "a list of dims")
+        for j, d in enumerate(shape):
+            _typed(where, f"{p}.shape[{j}]", d, (int, str), "a size or a dim name")
+
+
+def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
+    """Raise BundleError (one line) on the first field of `manifest` with a wrong type or an unsafe path."""
+    from sdc.runtime.precisions import ALL_TARGETS, PRECISIONS
+
+    w = _Where(manifest_path)
+    source = _obj(w, manifest, "source", "")
+    _field(w, source, "family", "source.", str, "a string")
+    _field(w, source, "pipeline_class", "source.", str, "a string")
+    for key in ("sdc_version", "created_at", "created_by"):
+        _field(w, manifest, key, "", str, "a string", optional=True)
+    pipe = _obj(w, manifest, "pipeline", "")
+    for key in ("vae_scaling_factor",):
+        _field(w, pipe, key, "pipeline.", _NUMBER, "a number")
+    _field(w, pipe, "vae_shift_factor", "pipeline.", _NUMBER, "a number or null", optional=True)
+    for key in ("vae_downscale", "latent_channels", "unet_in_channels", "unet_out_channels"):
+        v = _field(w, pipe, key, "pipeline.", int, "a positive integer")
+        if v <= 0:
+            raise w.fail(f"pipeline.{key}", f"expected a positive integer, got {v}")
+    defaults = _obj(w, manifest, "defaults", "")
+    for key in ("height", "width", "steps"):
+        v = _field(w, defaults, key, "defaults.", int, "a positive integer")
+        if v <= 0:
+            raise w.fail(f"defaults.{key}", f"expected a positive integer, got {v}")
+    _field(w, defaults, "guidance_scale", "defaults.", _NUMBER, "a number")
+    _field(w, defaults, "scheduler", "defaults.", str, "a scheduler name", optional=True)
+    default_precision = _field(w, defaults, "precision", "defaults.", str, "a precision name", optional=True)
+    if default_precision is not None and default_precision not in PRECISIONS:
+        raise w.fail("defaults.precision", f"unknown precision {default_precision!r}")
+
+    files = _obj(w, manifest, "files", "")
+    for rel, info in files.items():
+        check_rel_path(w, f"files[{rel!r}]", rel)
+        _typed(w, f"files[{rel!r}]", info, dict, "an object")
+        sha = _field(w, info, "sha256", f"files[{rel!r}].", str, "a sha256 hex digest")
+        if not _SHA256.fullmatch(sha):
+            raise w.fail(f"files[{rel!r}].sha256", f"{sha[:70]!r} is not a sha256 hex digest")
+        size = _field(w, info, "bytes", f"files[{rel!r}].", int, "a byte count")
+        if size < 0:
+            raise w.fail(f"files[{rel!r}].bytes", f"negative size {size}")
+        inside(root, rel)
+
+    def listed(field: str, rel) -> None:
+        check_rel_path(w, field, rel)
+        if rel not in files:
+            raise w.fail(field, f"{rel!r} is not in the file table (unchecked files are never loaded)")
+
+    submodels = _obj(w, manifest, "submodels", "")
+    if not submodels:
+        raise w.fail("submodels", "empty")
+    for name, sub in submodels.items():
+        p = f"submodels.{name}."
+        _typed(w, p[:-1], sub, dict, "an object")
+        check_rel_path(w, f"submodels[{name!r}]", name)  # names become folder names
+        _spec_tensors(w, sub, "inputs", p)
+        _spec_tensors(w, sub, "outputs", p)
+        arts = _field(w, sub, "artifacts", p, list, "a list of artifacts")
+        if not arts:
+            raise w.fail(p + "artifacts", "empty")
+        for i, a in enumerate(arts):
+            ap = f"{p}artifacts[{i}]"
+            _typed(w, ap, a, dict, "an object")
+            target = _field(w, a, "target", ap + ".", str, "a target name")
+            if target not in ALL_TARGETS:
+                raise w.fail(ap + ".target", f"unknown target {target!r} (this sdc knows {', '.join(ALL_TARGETS)}; "
+                                             f"a newer sdc may)")
+            precision = _field(w, a, "precision", ap + ".", str, "a precision name")
+            if precision not in PRECISIONS:
+                raise w.fail(ap + ".precision", f"unknown precision {precision!r}")
+            listed(ap + ".path", _field(w, a, "path", ap + ".", str, "a relative path"))
+            for j, d in enumerate(_field(w, a, "data_paths", ap + ".", list, "a list of paths", optional=True) or []):
+                listed(f"{ap}.data_paths[{j}]", d)
+            for key in ("validation", "precision_record", "passes"):
+                _field(w, a, key, ap + ".", dict, "an object", optional=True)
+            v = a.get("validation") or {}
+            for key in ("atol", "rtol", "max_abs", "max_rel"):
+                _field(w, v, key, f"{ap}.validation.", _NUMBER, "a number", optional=True)
+            _field(w, v, "where", f"{ap}.validation.", str, "a string", optional=True)
+            _field(w, v, "judged_on", f"{ap}.validation.", str, "a string", optional=True)
+        for i, e in enumerate(_field(w, sub, "engines", p, list, "a list of engines", optional=True) or []):
+            ep = f"{p}engines[{i}]"
+            _typed(w, ep, e, dict, "an object")
+            listed(ep + ".path", _field(w, e, "path", ep + ".", str, "a relative path"))
+    # The tokenizer and scheduler are fixed by the layout, not named by the manifest: they, and anything
+    # else in the folder, must not be symlinks out of it.
+    check_links(root)
+
+
+def check_links(root: Path) -> None:
+    """No file or folder of the bundle is a symlink that resolves outside it (not followed while walking)."""
+    import os
+
+    for folder, dirs, names in os.walk(root):
+        for n in dirs + names:
+            p = Path(folder) / n
+            if p.is_symlink():
+                inside(root, p.relative_to(root).as_posix())
+
+
+def check_graph_references(root: Path, manifest: dict) -> None:
+    """Every external-data location written inside each artifact's ONNX graph: inside the bundle, beside
+    the graph's folder, and listed among the artifact's data paths (so its checksum covers it)."""
+    from sdc.runtime.onnx_refs import OnnxParseError, external_data_locations
+
+    for name, sub in manifest["submodels"].items():
+        for a in sub["artifacts"]:
+            graph = root / a["path"]
+            if not graph.is_file():
+                continue  # verify_files reports a missing listed file
+            try:
+                locations = external_data_locations(graph)
+            except OnnxParseError as e:
+                raise BundleError(f"{graph}: not a readable ONNX graph ({e}); the bundle is malformed, rebuild it")
+            folder = PurePosixPath(a["path"]).parent
+            allowed = set(a.get("data_paths") or [])
+            for loc in locations:
+                rel = str(folder / loc) if "/" not in loc else None
+                if (rel is None or "\\" in loc or loc in ("", ".", "..") or "\x00" in loc or PureWindowsPath(loc).drive
+                        or rel not in allowed):
+                    raise BundleError(f"{graph}: external data location {loc!r} is not one of the artifact's listed "
+                                      f"data files ({', '.join(sorted(allowed)) or 'none'}); the bundle is malformed")
+                inside(root, rel)
