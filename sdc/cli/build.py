@@ -96,6 +96,7 @@ def build(
         pass_log = logging.getLogger("sdc.passes")
         pass_log.setLevel(logging.INFO)
         pass_log.addHandler(handler)
+        pass_log.propagate = False  # else Paddle's root handler prints every line a second time
     options = BuildOptions(opset=opset, fail_on_validation=fail_on_validation, allow_pickle=allow_pickle,
                            submodels=tuple(only) if only else None, passes=passes,
                            targets=tuple(target) if target is not None else BuildOptions.targets, debug_passes=debug,

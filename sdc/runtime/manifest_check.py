@@ -105,8 +105,9 @@ def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
     source = _obj(w, manifest, "source", "")
     _field(w, source, "family", "source.", str, "a string")
     _field(w, source, "pipeline_class", "source.", str, "a string")
-    for key in ("sdc_version", "created_at", "created_by"):
-        _field(w, manifest, key, "", str, "a string", optional=True)
+    for key in ("sdc_version", "created_at"):
+        _field(w, manifest, key, "", str, "a string")
+    _field(w, manifest, "created_by", "", str, "a string", optional=True)
     pipe = _obj(w, manifest, "pipeline", "")
     for key in ("vae_scaling_factor",):
         _field(w, pipe, key, "pipeline.", _NUMBER, "a number")
@@ -121,7 +122,7 @@ def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
         if v <= 0:
             raise w.fail(f"defaults.{key}", f"expected a positive integer, got {v}")
     _field(w, defaults, "guidance_scale", "defaults.", _NUMBER, "a number")
-    _field(w, defaults, "scheduler", "defaults.", str, "a scheduler name", optional=True)
+    _field(w, defaults, "scheduler", "defaults.", str, "a scheduler name")
     default_precision = _field(w, defaults, "precision", "defaults.", str, "a precision name", optional=True)
     if default_precision is not None and default_precision not in PRECISIONS:
         raise w.fail("defaults.precision", f"unknown precision {default_precision!r}")

@@ -5,13 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 
+# Every attempt is recorded, not only refused: a runtime that caught the ImportError and went on would
+# still pass a test that only checked sys.modules, so the tests assert that nothing even tried.
 BLOCK = """
-import sys
+import atexit, sys
+ATTEMPTS = []
 class _Block:
     def find_spec(self, name, path=None, target=None):
         if name.split('.')[0] in ('paddle', 'paddle2onnx', 'torch', 'tensorrt'):
+            ATTEMPTS.append(name)
             raise ImportError('blocked for this test: ' + name)
 sys.meta_path.insert(0, _Block())
+atexit.register(lambda: print('import attempts:', sorted(set(ATTEMPTS))))
 """
 
 
@@ -24,6 +29,7 @@ def test_cli_help_without_paddle():
     assert p.returncode == 0, p.stderr
     for cmd in ("build", "generate", "inspect", "verify"):
         assert cmd in p.stdout
+    assert "import attempts: []" in p.stdout, p.stdout[-500:]
 
 
 def test_runtime_generates_without_paddle(bundles):
@@ -37,4 +43,4 @@ print('ok')
 """
     p = run(code)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.strip().endswith("ok")
+    assert "ok\nimport attempts: []" in p.stdout, p.stdout[-500:]

@@ -68,6 +68,14 @@ def test_folder_with_tokenizer_json(tmp_path: Path, family: str) -> None:
     _check_against_refs(CLIPTokenizer.from_folder(tmp_path), family)
 
 
+def test_transformers_written_tokenizer_json() -> None:
+    """tokenizer.json as transformers' CLIPTokenizerFast.save_pretrained wrote it (tests/fixtures/make_tokenizer_json.py),
+    with no vocab.json/merges.txt beside it: the same ids as transformers' tokenizer."""
+    folder = FIXTURES / "refs" / "sd2-tiny" / "tokenizer-json"
+    assert sorted(p.name for p in folder.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    _check_against_refs(CLIPTokenizer.from_folder(folder), "sd2-tiny")
+
+
 def test_save_tokenizer_files(tmp_path: Path) -> None:
     src = FIXTURES / "sd2-tiny" / "tokenizer"
     names = save_tokenizer_files(src, tmp_path / "bundle" / "tokenizer")
