@@ -74,10 +74,16 @@ def read_manifest(root: Path) -> dict:
         raise BundleError(f"{root}: bundle not found; build one with `sdc build MODEL_DIR -o {root}`")
     if not path.is_file():
         raise BundleError(f"{path}: missing; {root} is not an sdc bundle (or its build did not finish)")
+    if path.is_symlink():
+        from sdc.runtime.manifest_check import inside
+
+        inside(root, MANIFEST)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e}); rebuild the bundle")
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise BundleError(f"{path}: not valid JSON ({str(e)[:120]}); rebuild the bundle")
+    except RecursionError:
+        raise BundleError(f"{path}: nested too deeply to be a manifest; the bundle is malformed")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: format is not {FORMAT!r}; this is not an sdc bundle")
     version = manifest.get("format_version")

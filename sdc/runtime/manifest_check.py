@@ -99,6 +99,7 @@ def _spec_tensors(where: _Where, sub: dict, key: str, prefix: str) -> None:
 
 def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
     """Raise BundleError (one line) on the first field of `manifest` with a wrong type or an unsafe path."""
+    from sdc.runtime.bundle import SCHEDULER_CONFIG, TOKENIZER_DIRS
     from sdc.runtime.precisions import ALL_TARGETS, PRECISIONS
 
     w = _Where(manifest_path)
@@ -180,9 +181,18 @@ def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
             ep = f"{p}engines[{i}]"
             _typed(w, ep, e, dict, "an object")
             listed(ep + ".path", _field(w, e, "path", ep + ".", str, "a relative path"))
+    for i, e in enumerate(_field(w, manifest, "engines", "", list, "a list of engines", optional=True) or []):
+        _typed(w, f"engines[{i}]", e, dict, "an object")
+        listed(f"engines[{i}].path", _field(w, e, "path", f"engines[{i}].", str, "a relative path"))
     # The tokenizer and scheduler are fixed by the layout, not named by the manifest: they, and anything
-    # else in the folder, must not be symlinks out of it.
+    # else in the folder, must not be symlinks out of it, and the runtime reads only checksummed files.
     check_links(root)
+    for folder in [TOKENIZER_DIRS[n] for n in TOKENIZER_DIRS if n in submodels] + [SCHEDULER_CONFIG.split("/")[0]]:
+        if (root / folder).is_dir():
+            for f in sorted((root / folder).iterdir()):
+                rel = f"{folder}/{f.name}"
+                if f.is_file() and rel not in files:
+                    raise w.fail("files", f"{rel!r} is read by the runtime but not in the file table")
 
 
 def check_links(root: Path) -> None:

@@ -342,3 +342,29 @@ def test_truncated_and_garbage_files_never_crash(bundles, tmp_path_factory, data
         pipe("a cat", num_inference_steps=1, height=32, width=32, seed=0, output_type="np")
     except SdcError as e:
         assert "\n" not in str(e)
+
+
+def test_manifest_symlinked_outside_and_deep_nesting(bundle, tmp_path):
+    outside = tmp_path / "manifest.json"
+    shutil.copy(bundle / "manifest.json", outside)
+    (bundle / "manifest.json").unlink()
+    (bundle / "manifest.json").symlink_to(outside)
+    with pytest.raises(BundleError, match="outside the bundle"):
+        read_manifest(bundle)
+    (bundle / "manifest.json").unlink()
+    (bundle / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError):
+        read_manifest(bundle)
+
+
+def test_unlisted_tokenizer_file_is_not_read(bundle):
+    """The runtime reads the tokenizer and scheduler folders whole: a file there outside the checksum table is refused."""
+    edit(bundle, lambda m: m["files"].pop("tokenizer/vocab.json"))
+    with pytest.raises(BundleError, match="tokenizer/vocab.json"):
+        load(bundle, verify="full")
+
+
+def test_top_level_engine_path_escape(bundle):
+    edit(bundle, lambda m: m.update(engines=[{"path": "../x.plan"}]))
+    with pytest.raises(BundleError, match="engines"):
+        read_manifest(bundle)
