@@ -67,6 +67,45 @@ def run_sdc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sdc", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
+def _shared_root(request, tmp_path_factory) -> Path:
+    """A folder shared by the pytest-xdist workers of one run (or this process's own temp root)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if hasattr(request.config, "workerinput") else base) / "shared-bundles"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def _build_once(root: Path, name: str, model: Path, options=None) -> Path:
+    """Build `model` into root/name unless a worker already did (an flock serialises the workers)."""
+    import fcntl
+
+    from sdc.compile.build import build
+    from sdc.compile.context import BuildOptions
+
+    path = root / name
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / "manifest.json").is_file():
+            build(model, path, options or BuildOptions())
+    return path
+
+
+@pytest.fixture(scope="session")
+def precision_bundles(request, tmp_path_factory) -> dict[str, Path]:
+    """sd1-tiny: int8 first (the default), fp32, fp16; ort-cpu and tensorrt. sd2-tiny: int8, fp32, w8 on ort-cpu.
+    Built once per run (shared like `bundles`): the precision tests and the bench's sdc-int8 variant use them."""
+    from sdc.compile.context import BuildOptions
+
+    root = _shared_root(request, tmp_path_factory)
+    return {
+        "sd1-tiny": _build_once(root, "sd1-precision.bundle", FIXTURES / "sd1-tiny",
+                                BuildOptions(precisions=("int8", "fp32", "fp16"), targets=("ort-cpu", "tensorrt"),
+                                             calibration_samples=8)),
+        "sd2-tiny": _build_once(root, "sd2-precision.bundle", FIXTURES / "sd2-tiny",
+                                BuildOptions(precisions=("int8", "fp32", "w8"), calibration_samples=8)),
+    }
+
+
 @pytest.fixture(scope="session")
 def bundles(request, tmp_path_factory) -> dict[str, Path]:
     """sd1-tiny and sd2-tiny built once per test run, with the Python API (the CLI is covered separately).
@@ -75,22 +114,8 @@ def bundles(request, tmp_path_factory) -> dict[str, Path]:
     own temporary roots, and the first to take its lock builds (tests must not modify these bundles:
     copy one first).
     """
-    import fcntl
-
-    from sdc.compile.build import build
-
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if hasattr(request.config, "workerinput") else base) / "shared-bundles"
-    root.mkdir(exist_ok=True)
-    out = {}
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for family in FAMILIES:
-            path = root / f"{family}.bundle"
-            if not (path / "manifest.json").is_file():
-                build(FIXTURES / family, path)
-            out[family] = path
-    return out
+    root = _shared_root(request, tmp_path_factory)
+    return {family: _build_once(root, f"{family}.bundle", FIXTURES / family) for family in FAMILIES}
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import pytest
@@ -23,8 +24,11 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def result(work):
-    return bench(TINY, OPTIONS, work=work, command="pytest")
+def result(work, precision_bundles):
+    """sdc and sdc-passes build their bundles here; sdc-int8 times the precision tests' shared int8 bundle
+    (`--bundle sdc-int8=PATH`), which saves a calibrated build."""
+    options = dataclasses.replace(OPTIONS, given=(("sdc-int8", str(precision_bundles["sd1-tiny"])),))
+    return bench(TINY, options, work=work, command="pytest")
 
 
 def test_every_variant_runs_and_agrees(result):

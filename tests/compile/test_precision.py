@@ -17,18 +17,13 @@ PROMPT = "a red car"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """sd1-tiny: int8 first (the default), fp32, fp16; ort-cpu and tensorrt. sd2-tiny: int8, fp32, w8 on ort-cpu."""
-    from sdc.compile.build import build
-    from sdc.compile.context import BuildOptions
+def built(precision_bundles):
+    """The shared precision bundles (tests/conftest.py), as build results: .out and .manifest."""
+    from types import SimpleNamespace
 
-    root = tmp_path_factory.mktemp("precision")
-    sd1 = build(FIXTURES / "sd1-tiny", root / "sd1.bundle",
-                BuildOptions(precisions=("int8", "fp32", "fp16"), targets=("ort-cpu", "tensorrt"),
-                             calibration_samples=8))
-    sd2 = build(FIXTURES / "sd2-tiny", root / "sd2.bundle",
-                BuildOptions(precisions=("int8", "fp32", "w8"), calibration_samples=8))
-    return {"sd1-tiny": sd1, "sd2-tiny": sd2}
+    from sdc.runtime.bundle import read_manifest
+
+    return {k: SimpleNamespace(out=p, manifest=read_manifest(p)) for k, p in precision_bundles.items()}
 
 
 def artifacts(result, sub="unet"):
