@@ -83,7 +83,7 @@ def _build_once(root: Path, name: str, model: Path, options=None) -> Path:
     from sdc.compile.context import BuildOptions
 
     path = root / name
-    with open(root / ".lock", "w") as lock:
+    with open(root / f".{name}.fixture-lock", "w") as lock:  # one per bundle (not the build's own .OUT.lock)
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (path / "manifest.json").is_file():
             build(model, path, options or BuildOptions())
