@@ -119,7 +119,7 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
             raise ValueError("not a JSON object")
     p, d = manifest["pipeline"], manifest["defaults"]
     config = PipelineConfig(
-        scaling_factor=p["vae_scaling_factor"], shift_factor=p["vae_shift_factor"], vae_scale_factor=p["vae_downscale"],
+        scaling_factor=p["vae_scaling_factor"], shift_factor=p.get("vae_shift_factor"), vae_scale_factor=p["vae_downscale"],
         latent_channels=p["latent_channels"], unet_in_channels=p["unet_in_channels"],
         unet_out_channels=p["unet_out_channels"], default_height=d["height"], default_width=d["width"],
     )

@@ -97,6 +97,16 @@ def _spec_tensors(where: _Where, sub: dict, key: str, prefix: str) -> None:
             _typed(where, f"{p}.shape[{j}]", d, (int, str), "a size or a dim name")
 
 
+def _check_record(w: _Where, record: dict, prefix: str) -> None:
+    """The parts of a precision record that `sdc inspect` and the build summary read."""
+    _field(w, record, "islands", prefix, list, "a list", optional=True)
+    ops = _field(w, record, "quantized_ops", prefix, dict, "an object of counts", optional=True) or {}
+    for op, n in ops.items():
+        _typed(w, f"{prefix}quantized_ops[{op!r}]", n, int, "a count")
+    sens = _field(w, record, "sensitivity", prefix, dict, "an object", optional=True) or {}
+    _field(w, sens, "excluded", prefix + "sensitivity.", list, "a list", optional=True)
+
+
 def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
     """Raise BundleError (one line) on the first field of `manifest` with a wrong type or an unsafe path."""
     from sdc.runtime.bundle import SCHEDULER_CONFIG, TOKENIZER_DIRS
@@ -168,8 +178,9 @@ def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
             if precision not in PRECISIONS:
                 raise w.fail(ap + ".precision", f"unknown precision {precision!r}")
             listed(ap + ".path", _field(w, a, "path", ap + ".", str, "a relative path"))
-            for j, d in enumerate(_field(w, a, "data_paths", ap + ".", list, "a list of paths", optional=True) or []):
-                listed(f"{ap}.data_paths[{j}]", d)
+            if "data_paths" in a:
+                for j, d in enumerate(_field(w, a, "data_paths", ap + ".", list, "a list of paths")):
+                    listed(f"{ap}.data_paths[{j}]", d)
             for key in ("validation", "precision_record", "passes"):
                 _field(w, a, key, ap + ".", dict, "an object", optional=True)
             v = a.get("validation") or {}
@@ -177,6 +188,13 @@ def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
                 _field(w, v, key, f"{ap}.validation.", _NUMBER, "a number", optional=True)
             _field(w, v, "where", f"{ap}.validation.", str, "a string", optional=True)
             _field(w, v, "judged_on", f"{ap}.validation.", str, "a string", optional=True)
+            held = _field(w, v, "holdout", f"{ap}.validation.", dict, "an object", optional=True) or {}
+            _field(w, held, "max_rel", f"{ap}.validation.holdout.", _NUMBER, "a number", optional=True)
+            _check_record(w, a.get("precision_record") or {}, f"{ap}.precision_record.")
+            for pass_name, counts in (a.get("passes") or {}).items():
+                _typed(w, f"{ap}.passes[{pass_name!r}]", counts, dict, "an object of counts")
+                for op, n in counts.items():
+                    _typed(w, f"{ap}.passes[{pass_name!r}][{op!r}]", n, int, "a count")
         for i, e in enumerate(_field(w, sub, "engines", p, list, "a list of engines", optional=True) or []):
             ep = f"{p}engines[{i}]"
             _typed(w, ep, e, dict, "an object")

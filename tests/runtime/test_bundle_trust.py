@@ -289,7 +289,11 @@ def _opens_only_inside(bundle: Path):
     return seen
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# SDC_FUZZ_EXAMPLES=500 fuzzes longer (CONTRIBUTING.md); the default keeps the suite fast.
+EXAMPLES = int(os.environ.get("SDC_FUZZ_EXAMPLES", "0")) or None
+
+
+@settings(max_examples=EXAMPLES or 25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_manifests_never_crash_or_escape(bundles, tmp_path_factory, data):
     bundle = _fresh(bundles, tmp_path_factory)
@@ -309,6 +313,9 @@ def test_mutated_manifests_never_crash_or_escape(bundles, tmp_path_factory, data
     (bundle / "manifest.json").write_text(json.dumps(m))
     seen = _opens_only_inside(bundle)
     try:
+        from sdc.cli.bundle import inspect
+
+        inspect(bundle, as_json=False)  # every field `sdc inspect` shows, rendered
         pipe = load(bundle, verify="sizes")
     except SdcError as e:
         assert "\n" not in str(e)
@@ -319,7 +326,7 @@ def test_mutated_manifests_never_crash_or_escape(bundles, tmp_path_factory, data
         assert (bundle / a["path"]).resolve().is_relative_to(bundle.resolve())
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES or 20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_truncated_and_garbage_files_never_crash(bundles, tmp_path_factory, data):
     bundle = _fresh(bundles, tmp_path_factory)
