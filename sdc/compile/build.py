@@ -131,15 +131,13 @@ def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), fo
         out.parent.mkdir(parents=True, exist_ok=True)
         with OutputLock(out):
             manifest, ctx, seconds = _build_locked(model_dir, out, options, force, reporter, index, subs, weight_files)
-    except OSError as e:
-        raise environment_error(e, out) or e
     except SdcError:
         raise
-    except Exception as e:  # C++ libraries report a full disk in their own exception types
+    except Exception as e:  # OSError, or C++ libraries reporting a full disk in their own exception types
         err = environment_error(e, out)
         if err is None:
             raise
-        raise err
+        raise err from e
     return BuildResult(out, manifest, seconds, ctx.warnings)
 
 

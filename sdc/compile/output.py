@@ -25,6 +25,7 @@ from pathlib import Path
 from sdc.errors import InputError, OutputError
 from sdc.runtime.bundle import MANIFEST
 
+RETRY = "(free space, raise the limit or choose another folder, then build again)"
 OWNER = ".sdc-build-owner"  # in a build's temporary folder: the pid writing it (removed before hashing)
 ENV_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
               errno.EFBIG: "a file-size limit was hit", errno.EROFS: "the file system is read-only",
@@ -59,8 +60,7 @@ def environment_error(e: BaseException, out: Path) -> OutputError | None:
         if code is None:
             return None
     where = getattr(e, "filename", None) or out.parent
-    return OutputError(f"{where}: {ENV_ERRNOS[code]} while writing the bundle; nothing was written to {out} "
-                       f"(free space, raise the limit or choose another folder, then build again)")
+    return OutputError(f"{where}: {ENV_ERRNOS[code]} while writing the bundle; nothing was written to {out} {RETRY}")
 
 
 def incomplete_write(path: Path, out: Path) -> OutputError:
@@ -76,8 +76,7 @@ def incomplete_write(path: Path, out: Path) -> OutputError:
         cause = "the disk is full"
     else:
         cause = "the file system dropped part of the write"
-    return OutputError(f"{path}: written incompletely ({size} bytes): {cause}; nothing was written to {out} "
-                       f"(free space, raise the limit or choose another folder, then build again)")
+    return OutputError(f"{path}: written incompletely ({size} bytes): {cause}; nothing was written to {out} {RETRY}")
 
 
 class OutputLock:
@@ -211,16 +210,14 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def replace_dir(src: Path, dst: Path) -> None:
     """Move the finished bundle `src` to `dst`; an existing bundle there is replaced in one atomic step."""
-    if dst.exists() and _exchange(src, dst):
-        # src now holds the old bundle: park it under a name the stale cleaner knows, then delete it.
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(src, old)
-        shutil.rmtree(old, ignore_errors=True)
+    if not dst.exists():
+        os.replace(src, dst)
         return
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    # The old bundle is parked under a name the stale cleaner knows, then deleted.
+    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    if _exchange(src, dst):
+        os.replace(src, old)  # src holds the old bundle now
+    else:
         os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)

@@ -12,12 +12,13 @@ a reader refuses manifests newer than it knows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-from sdc.errors import BundleError, ChecksumError
+from sdc.errors import BundleError, ChecksumError, SdcError
 
 FORMAT = "sdc-bundle"
 FORMAT_VERSION = 1
@@ -64,6 +65,18 @@ def safe_join(root: Path, rel: str) -> Path:
     root = Path(root)
     check_rel_path(_Where(root / MANIFEST), "path", rel)
     return inside(root, rel)
+
+
+@contextlib.contextmanager
+def bundle_data(path: Path, what: str) -> Iterator[None]:
+    """Files of a bundle are data from whoever made it: any failure to read one is a BundleError."""
+    try:
+        yield
+    except SdcError:
+        raise
+    except Exception as e:  # json, tokenizers, safetensors and scheduler code raise their own types on garbage
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise BundleError(f"{path}: cannot read the {what} ({first}); the bundle is damaged, rebuild it")
 
 
 def read_manifest(root: Path) -> dict:

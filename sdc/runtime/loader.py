@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
-from sdc.errors import BundleError, InputError, SdcError
-from sdc.runtime.bundle import SCHEDULER_CONFIG, TOKENIZER_DIRS, read_manifest, safe_join, verify_files
+from sdc.errors import InputError
+from sdc.runtime.bundle import SCHEDULER_CONFIG, TOKENIZER_DIRS, bundle_data, read_manifest, safe_join, verify_files
 from sdc.runtime.models import OnnxModel, resolve_providers
 
 VERIFY_MODES = ("full", "sizes", "none")
@@ -72,18 +71,6 @@ def open_model(root: Path, manifest: dict, name: str, providers: list[str], targ
     return OnnxModel(safe_join(Path(root), art["path"]), sub, providers, threads=threads), art
 
 
-@contextlib.contextmanager
-def _bundle_data(path: Path, what: str):
-    """Files of a bundle are data from whoever made it: any failure to read one is a BundleError."""
-    try:
-        yield
-    except SdcError:
-        raise
-    except Exception as e:  # json, tokenizers and scheduler code raise their own types on garbage
-        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise BundleError(f"{path}: cannot read the {what} ({first}); the bundle is damaged, rebuild it")
-
-
 def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, target: str | None = None,
          precision: str | None = None):
     """Load a bundle as a StableDiffusionPipeline; `pipe.models[name](**inputs)` runs one submodel.
@@ -110,10 +97,10 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     opened = {name: open_model(root, manifest, name, providers, tuned, threads, chosen) for name in manifest["submodels"]}
     models = {name: m for name, (m, _) in opened.items()}
     tok_dir = safe_join(root, TOKENIZER_DIRS["text_encoder"])
-    with _bundle_data(tok_dir, "tokenizer"):
+    with bundle_data(tok_dir, "tokenizer"):
         tokenizer = CLIPTokenizer.from_folder(tok_dir)
     scheduler_path = safe_join(root, SCHEDULER_CONFIG)
-    with _bundle_data(scheduler_path, "scheduler config"):
+    with bundle_data(scheduler_path, "scheduler config"):
         scheduler_config = json.loads(scheduler_path.read_text(encoding="utf-8"))
         if not isinstance(scheduler_config, dict):
             raise ValueError("not a JSON object")
@@ -124,7 +111,7 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
         unet_out_channels=p["unet_out_channels"], default_height=d["height"], default_width=d["width"],
     )
     pipe = StableDiffusionPipeline(models, tokenizer, scheduler_config, config)
-    with _bundle_data(scheduler_path, "scheduler config"):
+    with bundle_data(scheduler_path, "scheduler config"):
         pipe.make_scheduler(d.get("scheduler"))  # a bad config fails here, not in the middle of a generation
     pipe.manifest = manifest
     pipe.defaults = d

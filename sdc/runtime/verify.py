@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from sdc.errors import ValidationError
-from sdc.runtime.bundle import safe_join, validation_path
+from sdc.runtime.bundle import bundle_data, safe_join, validation_path
 from sdc.runtime.models import TARGET_PROVIDER, OnnxModel, resolve_providers, target_providers
 
 
@@ -16,17 +16,12 @@ def recorded_cases(path: Path) -> list[tuple[dict, dict]]:
     """[(inputs, outputs)] from a validation.safetensors written by the build."""
     from safetensors.numpy import load_file
 
-    from sdc.errors import BundleError
-
     cases: dict[int, tuple[dict, dict]] = {}
-    try:
-        tensors = load_file(str(path))
-        for key, arr in tensors.items():
+    with bundle_data(path, "recorded validation cases"):
+        for key, arr in load_file(str(path)).items():
             i, kind, name = key.split("/", 2)
             inputs, outputs = cases.setdefault(int(i), ({}, {}))
             (inputs if kind == "input" else outputs)[name] = arr
-    except Exception as e:  # safetensors raises its own types on a damaged file; a bad key is a ValueError
-        raise BundleError(f"{path}: cannot read the recorded validation cases ({str(e)[:160]}); rebuild the bundle")
     return [cases[i] for i in sorted(cases)]
 
 
