@@ -13,6 +13,7 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 REFS = FIXTURES / "refs"
 FAMILIES = ("sd1-tiny", "sd2-tiny")
+SDXL_FAMILIES = ("sdxl-tiny", "sdxl-refiner-tiny")  # base and refiner (tests/fixtures/make_sdxl_fixtures.py)
 
 
 def load_cases(path: Path) -> dict[str, dict[str, np.ndarray]]:

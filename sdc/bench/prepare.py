@@ -103,13 +103,13 @@ def component_dims(model_dir: Path, height: int, width: int, components: tuple[s
 
 def write_inputs(model_dir: Path, dims: dict[str, dict[str, int]], folder: Path, seed: int) -> dict[str, Path]:
     """One .npz of inputs per submodel, drawn once and read by every variant."""
-    from sdc.graphs import load_config
+    from sdc.graphs.family import pipeline_config
     from sdc.graphs.specs import spec_for
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, d in dims.items():
-        inputs = spec_for(name, load_config(model_dir, name)).dummy_inputs(d, seed)
+        inputs = spec_for(name, pipeline_config(model_dir, name)).dummy_inputs(d, seed)
         if name == "unet":  # one guidance step: both halves of the batch share the timestep
             inputs["timestep"] = np.full_like(inputs["timestep"], inputs["timestep"][0])
         paths[name] = folder / f"{name}.npz"

@@ -186,7 +186,7 @@ def same_graph_note(components: list[ComponentResult]) -> list[str]:
 
 def bench(model_dir: Path, options: BenchOptions = BenchOptions(), work: Path | None = None, command: str = "",
           log: Callable[[str], None] = print) -> BenchResult:
-    from sdc.graphs import load_config
+    from sdc.graphs.family import pipeline_config
     from sdc.graphs.specs import spec_for
 
     t_start = time.perf_counter()
@@ -199,7 +199,7 @@ def bench(model_dir: Path, options: BenchOptions = BenchOptions(), work: Path | 
     try:
         dims = component_dims(model_dir, options.height, options.width, options.components)
         inputs = write_inputs(model_dir, dims, work / "inputs", options.seed)
-        specs = {c: spec_for(c, load_config(model_dir, c)) for c in options.components}
+        specs = {c: spec_for(c, pipeline_config(model_dir, c)) for c in options.components}
         comps = []
         for c in dims:
             with np.load(inputs[c]) as z:

@@ -69,11 +69,12 @@ def _paddle_model(model_dir: Path, name: str, threads: int) -> Callable[..., dic
     import paddle
 
     import sdc.graphs
+    from sdc.graphs.family import pipeline_config
     from sdc.graphs.specs import spec_for
 
     paddle.set_device("cpu")
     paddle.base.core.set_num_threads(threads)
-    spec = spec_for(name, sdc.graphs.load_config(model_dir, name))
+    spec = spec_for(name, pipeline_config(model_dir, name))
     layer = sdc.graphs.load(model_dir, name)
 
     def prepare(inputs: dict[str, np.ndarray]):

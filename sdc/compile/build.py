@@ -107,7 +107,8 @@ def check_targets(options: BuildOptions) -> None:
 def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), force: bool = False,
           reporter: Reporter | None = None) -> BuildResult:
     from sdc.compile.output import OutputLock, check_output
-    from sdc.graphs import folder_of, load_config
+    from sdc.graphs import folder_of
+    from sdc.graphs.family import resolve_configs
     from sdc.graphs.configs import load_model_index
     from sdc.graphs.specs import spec_for
     from sdc.graphs.weights import find_weight_files
@@ -119,8 +120,8 @@ def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), fo
     index = load_model_index(model_dir)
     names = plan_submodels(model_dir, index, options)
     subs = {}
-    for name in names:  # parse every config first: a bad config fails before any slow work
-        cfg = load_config(model_dir, name)
+    # Parse every config first, checked against each other: a bad config fails before any slow work.
+    for name, cfg in resolve_configs(model_dir, index, names).items():
         subs[name] = SubmodelBuild(name, spec_for(name, cfg), cfg)
     weight_files = sorted({f for n in names for f in find_weight_files(model_dir / folder_of(n), options.allow_pickle)})
 

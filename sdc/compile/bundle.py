@@ -16,7 +16,7 @@ from sdc.runtime.bundle import (
 )
 
 DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 7.5
+DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}  # diffusers' defaults of each family's pipeline
 
 
 def copy_assets(ctx: BuildContext) -> None:
@@ -50,6 +50,10 @@ def pipeline_config(ctx: BuildContext) -> dict:
         "unet_out_channels": unet.out_channels,
         "unet_sample_size": unet.sample_size,
         "unet_latent_multiple": 2 ** (len(unet.block_out_channels) - 1),
+        "vae_latents_mean": list(vae.latents_mean) if vae.latents_mean else None,
+        "vae_latents_std": list(vae.latents_std) if vae.latents_std else None,
+        "force_zeros_for_empty_prompt": ctx.index.force_zeros_for_empty_prompt,
+        "requires_aesthetics_score": ctx.index.requires_aesthetics_score,
     }
 
 
@@ -91,7 +95,7 @@ def manifest_for(ctx: BuildContext, files: dict) -> dict:
         "defaults": {
             "scheduler": sched.get("_class_name"),
             "height": size, "width": size,
-            "steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE,
+            "steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE[ctx.index.family],
             "precision": ctx.options.precisions[0],
         },
         "submodels": submodels,

@@ -18,7 +18,16 @@ SUPPORTED_PIPELINES = {
     "StableDiffusionPipeline": "sd",
     "StableDiffusionImg2ImgPipeline": "sd",
     "StableDiffusionInpaintPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",  # the refiner's class; a base saved as img2img too
 }
+# Components a pipeline folder must have, per family. An SDXL refiner has no `text_encoder`/`tokenizer`.
+REQUIRED_COMPONENTS = {
+    "sd": ("text_encoder", "tokenizer", "unet", "vae", "scheduler"),
+    "sdxl": ("text_encoder_2", "tokenizer_2", "unet", "vae", "scheduler"),
+}
+# Pipeline options of model_index.json that change what the pipeline computes (type-checked).
+PIPELINE_OPTIONS = {"force_zeros_for_empty_prompt": bool, "requires_aesthetics_score": bool}
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -98,11 +107,22 @@ class ModelIndex:
 
     root: Path
     pipeline_class: str
-    family: str  # "sd" for Stable Diffusion 1.x / 2.x
+    family: str  # "sd" for Stable Diffusion 1.x / 2.x, "sdxl" for SDXL base and refiner
     components: dict[str, tuple[str, str]]  # folder -> (library, class)
+    options: dict[str, Any] = field(default_factory=dict)  # PIPELINE_OPTIONS present in model_index.json
 
     def has(self, name: str) -> bool:
         return name in self.components
+
+    @property
+    def force_zeros_for_empty_prompt(self) -> bool:
+        """SDXL: no negative prompt means zero embeddings, not the encoded empty string (diffusers' default: on)."""
+        return bool(self.options.get("force_zeros_for_empty_prompt", self.family == "sdxl"))
+
+    @property
+    def requires_aesthetics_score(self) -> bool:
+        """SDXL refiner: time ids carry an aesthetic score (5 of them) instead of the target size (6)."""
+        return bool(self.options.get("requires_aesthetics_score", False))
 
 
 def load_model_index(model_dir: Path) -> ModelIndex:
@@ -123,10 +143,23 @@ def load_model_index(model_dir: Path) -> ModelIndex:
         if value[0] is None or value[1] is None:
             continue  # optional component left out (e.g. safety_checker)
         components[key] = (str(value[0]), str(value[1]))
-    for required in ("text_encoder", "tokenizer", "unet", "vae", "scheduler"):
+    family = SUPPORTED_PIPELINES[cls]
+    for required in REQUIRED_COMPONENTS[family]:
         if required not in components:
-            raise ConfigError(path, required, "component missing", "the pipeline needs it")
-    return ModelIndex(model_dir, cls, SUPPORTED_PIPELINES[cls], components)
+            raise ConfigError(path, required, "component missing", f"a {cls} folder needs it")
+        if not (model_dir / required).is_dir():
+            raise ConfigError(model_dir / required, None, "component folder missing",
+                              f"model_index.json lists {required}: restore the folder from the original checkpoint")
+    if family == "sdxl" and ("text_encoder" in components) != ("tokenizer" in components):
+        raise ConfigError(path, "tokenizer" if "text_encoder" in components else "text_encoder", "component missing",
+                          "SDXL's first text encoder and its tokenizer come together")
+    options = {}
+    for key, kind in PIPELINE_OPTIONS.items():
+        if key in data:
+            if not isinstance(data[key], kind):
+                raise ConfigError(path, key, f"expected {kind.__name__}, got {data[key]!r}")
+            options[key] = data[key]
+    return ModelIndex(model_dir, cls, family, components, options)
 
 
 # ----------------------------------------------------------------------------- CLIP text encoder
@@ -218,7 +251,21 @@ class UNetConfig:
     addition_embed_type: str | None = None  # "text_time" for SDXL
     addition_time_embed_dim: int | None = None
     projection_class_embeddings_input_dim: int | None = None
+    # SDXL: how many time ids the pipeline feeds (6 for a base, 5 with an aesthetic score); set from the
+    # pipeline folder by `sdc.graphs.family.resolve_configs`, which also checks the widths add up.
+    num_time_ids: int | None = None
     extra: dict = field(default_factory=dict)
+
+    @property
+    def text_time(self) -> bool:
+        return self.addition_embed_type == "text_time"
+
+    @property
+    def text_embeds_dim(self) -> int | None:
+        """Width of the pooled text embedding the add embedding expects (SDXL), given `num_time_ids`."""
+        if not self.text_time or self.num_time_ids is None:
+            return None
+        return self.projection_class_embeddings_input_dim - self.num_time_ids * self.addition_time_embed_dim
 
 
 def load_unet_config(path: Path) -> UNetConfig:
@@ -244,7 +291,7 @@ def load_unet_config(path: Path) -> UNetConfig:
         # diffusers itself refuses this for UNet2DConditionModel.
         raise UnsupportedConfigError(path, "num_attention_heads", r.data["num_attention_heads"], "attention_head_dim")
     heads = r.per_block("attention_head_dim", r.get("attention_head_dim", 8), n, int)
-    addition = r.only("addition_embed_type", (None,), None, "no addition embedding (SD 1.x / 2.x)")
+    addition = r.only("addition_embed_type", (None, "text_time"), None, "none (SD 1.x / 2.x) or text_time (SDXL)")
     for key, default, allowed in (
         ("class_embed_type", None, (None,)),
         ("num_class_embeds", None, (None,)),
@@ -276,8 +323,12 @@ def load_unet_config(path: Path) -> UNetConfig:
         if k % 2 == 0:
             raise UnsupportedConfigError(path, key, k, "odd kernel sizes")
     r.get("dropout", 0.0)  # inference only: dropout is the identity
-    r.get("projection_class_embeddings_input_dim", None)
-    r.get("addition_time_embed_dim", None)
+    time_dim = r.get("addition_time_embed_dim", None, int)
+    proj_dim = r.get("projection_class_embeddings_input_dim", None, int)
+    if addition == "text_time":
+        for key, value in (("addition_time_embed_dim", time_dim), ("projection_class_embeddings_input_dim", proj_dim)):
+            if value is None or value <= 0:
+                raise ConfigError(path, key, f"addition_embed_type text_time needs a positive {key}, got {value!r}")
     cfg = UNetConfig(
         path=path,
         in_channels=r.get("in_channels", 4, int),
@@ -307,6 +358,8 @@ def load_unet_config(path: Path) -> UNetConfig:
         conv_out_kernel=k_out,
         time_embedding_dim=r.get("time_embedding_dim", None, int) or boc[0] * 4,
         addition_embed_type=addition,
+        addition_time_embed_dim=time_dim if addition else None,
+        projection_class_embeddings_input_dim=proj_dim if addition else None,
     )
     r.refuse_unknown()
     return cfg
@@ -334,6 +387,8 @@ class VAEConfig:
     use_post_quant_conv: bool
     mid_block_add_attention: bool
     force_upcast: bool
+    latents_mean: tuple[float, ...] | None = None  # per-channel statistics some SDXL-family VAEs carry
+    latents_std: tuple[float, ...] | None = None
 
     @property
     def downscale(self) -> int:
@@ -353,8 +408,17 @@ def load_vae_config(path: Path) -> VAEConfig:
     boc = tuple(r.get("block_out_channels", [64], list))
     if not (len(boc) == len(down) == len(up)):
         raise ConfigError(path, "block_out_channels", f"{len(boc)} values for {len(down)} down / {len(up)} up blocks")
-    for key in ("latents_mean", "latents_std"):
-        r.get(key, None)  # used by SDXL/SD3 pipelines, not by the VAE computation
+    stats = {}
+    for key in ("latents_mean", "latents_std"):  # used by the pipelines, not by the VAE computation
+        value = r.get(key, None, list)
+        latent_channels = r.data.get("latent_channels", 4)
+        if value is not None and (len(value) != latent_channels or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(path, key, f"expected {latent_channels} numbers (one per latent channel), got {value!r}")
+        stats[key] = tuple(float(v) for v in value) if value is not None else None
+    if (stats["latents_mean"] is None) != (stats["latents_std"] is None):
+        raise ConfigError(path, "latents_std" if stats["latents_mean"] else "latents_mean",
+                          "latents_mean and latents_std come together", "set both or neither")
     cfg = VAEConfig(
         path=path,
         in_channels=r.get("in_channels", 3, int),
@@ -373,6 +437,7 @@ def load_vae_config(path: Path) -> VAEConfig:
         use_post_quant_conv=bool(r.get("use_post_quant_conv", True, bool)),
         mid_block_add_attention=bool(r.get("mid_block_add_attention", True, bool)),
         force_upcast=bool(r.get("force_upcast", True, bool)),
+        **stats,
     )
     r.refuse_unknown()
     return cfg

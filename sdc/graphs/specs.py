@@ -66,6 +66,8 @@ class SubmodelSpec:
                 out[t.name] = _token_ids(shape, rng, **self.extra)
             elif t.name == "timestep":
                 out[t.name] = rng.uniform(0, 1000, shape).astype(np.float32)
+            elif t.name == "time_ids":  # SDXL sizes, crops and aesthetic scores: pixels, or 0 .. 10
+                out[t.name] = np.round(rng.uniform(0, 1024, shape)).astype(np.float32)
             elif t.name == "sample" and self.name == "vae_encoder":
                 out[t.name] = rng.uniform(-1, 1, shape).astype(np.float32)
             else:
@@ -117,13 +119,20 @@ def unet_multiple(cfg: UNetConfig) -> int:
 
 def unet_spec(cfg: UNetConfig) -> SubmodelSpec:
     m = unet_multiple(cfg)
+    inputs = [
+        TensorSpec("sample", "float32", ("batch", cfg.in_channels, "latent_height", "latent_width")),
+        TensorSpec("timestep", "float32", ("batch",)),
+        TensorSpec("encoder_hidden_states", "float32", ("batch", "sequence", cfg.cross_attention_dim[0])),
+    ]
+    if cfg.text_time:
+        if cfg.num_time_ids is None:
+            raise ValueError("an SDXL UNet's spec needs num_time_ids (sdc.graphs.family.resolve_configs sets it)")
+        # Static widths: the add embedding's first Linear fixes text_embeds + time-id sinusoids together.
+        inputs += [TensorSpec("text_embeds", "float32", ("batch", cfg.text_embeds_dim)),
+                   TensorSpec("time_ids", "float32", ("batch", cfg.num_time_ids))]
     return SubmodelSpec(
         name="unet",
-        inputs=(
-            TensorSpec("sample", "float32", ("batch", cfg.in_channels, "latent_height", "latent_width")),
-            TensorSpec("timestep", "float32", ("batch",)),
-            TensorSpec("encoder_hidden_states", "float32", ("batch", "sequence", cfg.cross_attention_dim[0])),
-        ),
+        inputs=tuple(inputs),
         outputs=(TensorSpec("out_sample", "float32", ("batch", cfg.out_channels, "latent_height", "latent_width")),),
         atol=1e-4,
         rtol=1e-4,

@@ -3,7 +3,9 @@
 Block construction follows diffusers' `UNet2DConditionModel.__init__` channel bookkeeping exactly
 (per-block heads, layers, transformer depth and cross-attention width; up blocks see them reversed),
 so any valid config of the supported block types loads its checkpoint by name.
-`forward(sample, timestep, encoder_hidden_states) -> out_sample`.
+`forward(sample, timestep, encoder_hidden_states[, text_embeds, time_ids]) -> out_sample`; the last two
+exist for SDXL (`addition_embed_type="text_time"`), whose time embedding adds an MLP of the pooled
+text embedding concatenated with sinusoids of the size/crop (or aesthetic-score) time ids.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ class UNet2DConditionModel(nn.Layer):
         temb = cfg.time_embedding_dim
         self.conv_in = conv2d(cfg.in_channels, boc[0], cfg.conv_in_kernel)
         self.time_embedding = TimestepEmbedding(boc[0], temb)
+        if cfg.text_time:
+            self.add_embedding = TimestepEmbedding(cfg.projection_class_embeddings_input_dim, temb)
 
         down, cout = [], boc[0]
         for i, kind in enumerate(cfg.down_block_types):
@@ -127,10 +131,13 @@ class UNet2DConditionModel(nn.Layer):
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, boc[0], epsilon=cfg.norm_eps)
         self.conv_out = conv2d(boc[0], cfg.out_channels, cfg.conv_out_kernel)
 
-    def forward(self, sample: paddle.Tensor, timestep: paddle.Tensor, encoder_hidden_states: paddle.Tensor) -> paddle.Tensor:
+    def forward(self, sample: paddle.Tensor, timestep: paddle.Tensor, encoder_hidden_states: paddle.Tensor,
+                text_embeds: paddle.Tensor | None = None, time_ids: paddle.Tensor | None = None) -> paddle.Tensor:
         cfg = self.cfg
         features = timestep_features(timestep, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
         temb = self.time_embedding(features)
+        if cfg.text_time:
+            temb = temb + self.add_embedding(self._text_time(text_embeds, time_ids))
         if cfg.center_input_sample:
             sample = 2.0 * sample - 1.0
         h = self.conv_in(sample)
@@ -149,3 +156,11 @@ class UNet2DConditionModel(nn.Layer):
             h = block(h, mine, temb, encoder_hidden_states, skips[-1] if block.upsample else None)
 
         return self.conv_out(F.silu(self.conv_norm_out(h)))
+
+    def _text_time(self, text_embeds: paddle.Tensor, time_ids: paddle.Tensor) -> paddle.Tensor:
+        """diffusers' `get_aug_embed` for text_time: [text_embeds, sinusoids of every time id] along features."""
+        cfg = self.cfg
+        ids = time_ids.reshape([-1])  # [B * n]: each id gets its own sinusoids, as diffusers' flatten()
+        features = timestep_features(ids, cfg.addition_time_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift)
+        features = features.reshape([paddle.shape(text_embeds)[0], -1])
+        return paddle.concat([text_embeds, features.astype(text_embeds.dtype)], axis=-1)

@@ -73,7 +73,7 @@ def open_model(root: Path, manifest: dict, name: str, providers: list[str], targ
 
 def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, target: str | None = None,
          precision: str | None = None):
-    """Load a bundle as a StableDiffusionPipeline; `pipe.models[name](**inputs)` runs one submodel.
+    """Load a bundle as a StableDiffusion(XL)Pipeline; `pipe.models[name](**inputs)` runs one submodel.
 
     verify: "full" checks every file's sha256 (seconds for a real model), "sizes" only sizes, "none" nothing.
     target: which artifact to run ("portable" forces the unfused graph); by default the one tuned for
@@ -83,6 +83,7 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     `pipe.artifacts[name]` says which artifact each submodel runs.
     """
     from sdc.runtime.pipeline import PipelineConfig, StableDiffusionPipeline
+    from sdc.runtime.pipeline_xl import StableDiffusionXLPipeline
     from sdc.runtime.tokenizer import CLIPTokenizer
 
     root = Path(path)
@@ -96,9 +97,12 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     chosen = choose_precision(manifest, providers[0], tuned, precision)
     opened = {name: open_model(root, manifest, name, providers, tuned, threads, chosen) for name in manifest["submodels"]}
     models = {name: m for name, (m, _) in opened.items()}
-    tok_dir = safe_join(root, TOKENIZER_DIRS["text_encoder"])
-    with bundle_data(tok_dir, "tokenizer"):
-        tokenizer = CLIPTokenizer.from_folder(tok_dir)
+    tokenizers = {}
+    for name, folder in TOKENIZER_DIRS.items():
+        if name in manifest["submodels"]:
+            tok_dir = safe_join(root, folder)
+            with bundle_data(tok_dir, "tokenizer"):
+                tokenizers[name] = CLIPTokenizer.from_folder(tok_dir)
     scheduler_path = safe_join(root, SCHEDULER_CONFIG)
     with bundle_data(scheduler_path, "scheduler config"):
         scheduler_config = json.loads(scheduler_path.read_text(encoding="utf-8"))
@@ -109,8 +113,15 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
         scaling_factor=p["vae_scaling_factor"], shift_factor=p.get("vae_shift_factor"), vae_scale_factor=p["vae_downscale"],
         latent_channels=p["latent_channels"], unet_in_channels=p["unet_in_channels"],
         unet_out_channels=p["unet_out_channels"], default_height=d["height"], default_width=d["width"],
+        latents_mean=tuple(p["vae_latents_mean"]) if p.get("vae_latents_mean") else None,
+        latents_std=tuple(p["vae_latents_std"]) if p.get("vae_latents_std") else None,
+        force_zeros_for_empty_prompt=bool(p.get("force_zeros_for_empty_prompt", False)),
+        requires_aesthetics_score=bool(p.get("requires_aesthetics_score", False)),
     )
-    pipe = StableDiffusionPipeline(models, tokenizer, scheduler_config, config)
+    if manifest["source"]["family"] == "sdxl":
+        pipe = StableDiffusionXLPipeline(models, tokenizers, scheduler_config, config)
+    else:
+        pipe = StableDiffusionPipeline(models, tokenizers.get("text_encoder"), scheduler_config, config)
     with bundle_data(scheduler_path, "scheduler config"):
         pipe.make_scheduler(d.get("scheduler"))  # a bad config fails here, not in the middle of a generation
     pipe.manifest = manifest

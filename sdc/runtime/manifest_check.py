@@ -21,6 +21,8 @@ from sdc.errors import BundleError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NUMBER = (int, float)
+# source.family values whose pipeline sdc.runtime has (sd: 1.x / 2.x, sdxl: base and refiner).
+RUNTIME_FAMILIES = ("sd", "sdxl")
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
 
 
@@ -114,7 +116,10 @@ def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
 
     w = _Where(manifest_path)
     source = _obj(w, manifest, "source", "")
-    _field(w, source, "family", "source.", str, "a string")
+    family = _field(w, source, "family", "source.", str, "a string")
+    if family not in RUNTIME_FAMILIES:
+        raise w.fail("source.family", f"{family[:40]!r} is not a family this runtime generates "
+                     f"({', '.join(RUNTIME_FAMILIES)}); update sdc or rebuild the bundle")
     _field(w, source, "pipeline_class", "source.", str, "a string")
     for key in ("sdc_version", "created_at"):
         _field(w, manifest, key, "", str, "a string")
@@ -127,6 +132,15 @@ def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
         v = _field(w, pipe, key, "pipeline.", int, "a positive integer")
         if v <= 0:
             raise w.fail(f"pipeline.{key}", f"expected a positive integer, got {v}")
+    for key in ("vae_latents_mean", "vae_latents_std"):
+        stats = _field(w, pipe, key, "pipeline.", list, "a list of numbers or null", optional=True)
+        if stats is not None:
+            for i, v in enumerate(stats):
+                _typed(w, f"pipeline.{key}[{i}]", v, _NUMBER, "a number")
+            if len(stats) != pipe["latent_channels"]:
+                raise w.fail(f"pipeline.{key}", f"{len(stats)} values for {pipe['latent_channels']} latent channels")
+    for key in ("force_zeros_for_empty_prompt", "requires_aesthetics_score"):
+        _field(w, pipe, key, "pipeline.", bool, "true or false", optional=True)
     defaults = _obj(w, manifest, "defaults", "")
     for key in ("height", "width", "steps"):
         v = _field(w, defaults, key, "defaults.", int, "a positive integer")

@@ -52,6 +52,13 @@ class PipelineConfig:
     default_height: int = 512  # unet sample_size * vae_scale_factor
     default_width: int = 512
     default_scheduler: str | None = None  # None: the class named in scheduler_config
+    # SDXL: per-channel latent statistics some VAEs carry (latents = (z - mean) * scale / std); None: scale only
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+    # SDXL pipeline options (model_index.json): zero negative embeddings when no negative prompt is given;
+    # a refiner's time ids carry aesthetic scores instead of the target size.
+    force_zeros_for_empty_prompt: bool = False
+    requires_aesthetics_score: bool = False
 
     @classmethod
     def from_diffusers(cls, model_dir: str | Path, default_scheduler: str | None = None) -> PipelineConfig:
@@ -103,6 +110,8 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 class StableDiffusionPipeline:
     """Text-to-image and image-to-image generation over numpy submodels, matching diffusers' SD pipelines."""
 
+    REQUIRED_MODELS = ("text_encoder", "unet", "vae_decoder")
+
     def __init__(self, models: Mapping[str, Model], tokenizer: Callable[[list[str]], np.ndarray],
                  scheduler_config: Mapping[str, Any], config: PipelineConfig | None = None):
         self.models = models
@@ -115,7 +124,7 @@ class StableDiffusionPipeline:
                 f"UNet takes {self.config.unet_in_channels} input channels but the VAE has "
                 f"{self.config.latent_channels} latent channels: inpainting models need an inpainting pipeline"
             )
-        for name in ("text_encoder", "unet", "vae_decoder"):
+        for name in self.REQUIRED_MODELS:
             if name not in models:
                 raise InputError(f"the pipeline needs submodel {name!r}; got {', '.join(sorted(models)) or 'none'}")
         self._local = threading.local()  # per-thread state: one pipeline serves concurrent callers

@@ -17,8 +17,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ATOL = 1e-4
 
 
-def _cases(family: str) -> dict[str, dict[str, np.ndarray]]:
-    refs = np.load(FIXTURES / "refs" / family / "text_encoder.npz")
+def _cases(family: str, name: str = "text_encoder") -> dict[str, dict[str, np.ndarray]]:
+    refs = np.load(FIXTURES / "refs" / family / f"{name}.npz")
     cases: dict[str, dict[str, np.ndarray]] = {}
     for key in refs.files:
         case, tensor = key.split("/", 1)
@@ -26,10 +26,13 @@ def _cases(family: str) -> dict[str, dict[str, np.ndarray]]:
     return cases
 
 
-@pytest.mark.parametrize("family", ["sd1-tiny", "sd2-tiny"])
-def test_matches_transformers(family: str) -> None:
-    layer = load(FIXTURES / family, "text_encoder")
-    cases = _cases(family)
+@pytest.mark.parametrize("family,name", [("sd1-tiny", "text_encoder"), ("sd2-tiny", "text_encoder"),
+                                         ("sdxl-tiny", "text_encoder"), ("sdxl-tiny", "text_encoder_2"),
+                                         ("sdxl-refiner-tiny", "text_encoder_2")])
+def test_matches_transformers(family: str, name: str) -> None:
+    """SDXL's text_encoder_2 (projection, GELU, fp16 storage) adds text_embeds to the outputs."""
+    layer = load(FIXTURES / family, name)
+    cases = _cases(family, name)
     assert set(cases) >= {"b1", "b2", "s16"}
     for case, ref in sorted(cases.items()):
         with paddle.no_grad():

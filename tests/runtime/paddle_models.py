@@ -10,15 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-# DESIGN.md's contract table: positional forward inputs and the outputs they return, in order.
-CONTRACT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "text_encoder": (("input_ids",), ("last_hidden_state", "pooler_output", "hidden_states_penultimate")),
-    "unet": (("sample", "timestep", "encoder_hidden_states"), ("out_sample",)),
-    "vae_encoder": (("sample",), ("latent_parameters",)),
-    "vae_decoder": (("latent_sample",), ("sample",)),
-}
-
-
 class PaddleModel:
     """One Paddle layer called with named numpy inputs, returning named numpy outputs."""
 
@@ -37,11 +28,25 @@ class PaddleModel:
         return {name: o.numpy() for name, o in zip(self.outputs, out)}
 
 
-def load_models(model_dir: str | Path, names: tuple[str, ...] = tuple(CONTRACT)) -> dict[str, Callable]:
-    """`models` dict for StableDiffusionPipeline from a diffusers folder, on Paddle's CPU backend."""
+def load_models(model_dir: str | Path, names: tuple[str, ...] | None = None) -> dict[str, Callable]:
+    """`models` dict for a runtime pipeline from a diffusers folder, on Paddle's CPU backend.
+
+    names: the submodels to load; by default every one the folder has. Inputs and outputs come from
+    each submodel's spec (SDXL: the UNet's text_embeds/time_ids, text_encoder_2's text_embeds).
+    """
     import paddle
 
     import sdc.graphs
+    from sdc.graphs.configs import load_model_index
+    from sdc.graphs.family import resolve_configs
+    from sdc.graphs.specs import spec_for
 
     paddle.set_device("cpu")
-    return {name: PaddleModel(sdc.graphs.load(model_dir, name), *CONTRACT[name]) for name in names}
+    index = load_model_index(Path(model_dir))
+    if names is None:
+        names = tuple(n for n in sdc.graphs.SUBMODELS if index.has(sdc.graphs.folder_of(n)))
+    models = {}
+    for name, cfg in resolve_configs(Path(model_dir), index, list(names)).items():
+        spec = spec_for(name, cfg)
+        models[name] = PaddleModel(sdc.graphs.load(model_dir, name), tuple(spec.input_names), tuple(spec.output_names))
+    return models
