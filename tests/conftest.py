@@ -119,6 +119,16 @@ def bundles(request, tmp_path_factory) -> dict[str, Path]:
     return {family: _build_once(root, f"{family}.bundle", FIXTURES / family) for family in FAMILIES}
 
 
+@pytest.fixture(scope="session")
+def sdxl_bundles(request, tmp_path_factory) -> dict[str, Path]:
+    """The SDXL base (fp32 first, then int8) and refiner (fp32) fixtures built once per run, shared like `bundles`."""
+    from sdc.compile.context import BuildOptions
+
+    root = _shared_root(request, tmp_path_factory)
+    options = {"sdxl-tiny": BuildOptions(precisions=("fp32", "int8"), calibration_samples=8)}
+    return {name: _build_once(root, f"{name}.bundle", FIXTURES / name, options.get(name)) for name in SDXL_FAMILIES}
+
+
 @pytest.fixture
 def fixture_copy(tmp_path):
     """A writable copy of a fixture folder, for tests that break it."""

@@ -32,7 +32,30 @@ STEPS_PER_RUN = 8  # denoising steps of each calibration run: ceil(samples / 8) 
 HOLDOUT_STEPS = 4  # the held-out run: validation inputs spread over the schedule
 GUIDANCE = 7.5
 TEXT_BATCH = 8
-PIPELINE_SUBMODELS = ("text_encoder", "unet", "vae_decoder")
+# Submodels a calibration run needs, per family (an SDXL refiner has only the second encoder, and
+# refines images, so it needs the VAE encoder too).
+PIPELINE_SUBMODELS = {"sd": ("text_encoder", "unet", "vae_decoder"), "sdxl": ("text_encoder_2", "unet", "vae_decoder")}
+
+
+REFINER_STRENGTH = 0.8
+
+
+def needed_submodels(index) -> tuple[str, ...]:
+    """The submodels a calibration generation runs for this pipeline folder (sdc.graphs.configs.ModelIndex)."""
+    needed = PIPELINE_SUBMODELS[index.family]
+    if index.family == "sdxl" and index.has("text_encoder"):
+        needed = ("text_encoder",) + needed
+    if index.requires_aesthetics_score:
+        needed += ("vae_encoder",)
+    return needed
+
+
+def _picture(height: int, width: int) -> np.ndarray:
+    """A smooth RGB test picture in [0, 1] (NHWC): what a refiner's calibration runs refine."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([0.5 + 0.5 * np.sin(x / 23.0) * np.cos(y / 31.0), (x + y) / (height + width),
+                    0.5 + 0.4 * np.cos((x - y) / 17.0)], axis=-1)
+    return np.clip(img, 0.0, 1.0)[None].astype(np.float32)
 
 
 def read_prompts(path: Path | None) -> tuple[list[str], str, str]:
@@ -126,15 +149,18 @@ def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict],
     import contextlib
 
     from sdc.compile.ranges import Ranges, observed_session
-    from sdc.graphs.configs import read_json
+    from sdc.graphs.configs import load_model_index, read_json
+    from sdc.runtime.bundle import TOKENIZER_DIRS
+    from sdc.runtime.loader import make_pipeline
     from sdc.runtime.models import OnnxModel
-    from sdc.runtime.pipeline import PipelineConfig, StableDiffusionPipeline
+    from sdc.runtime.pipeline import PipelineConfig
     from sdc.runtime.tokenizer import CLIPTokenizer
 
     t0 = time.perf_counter()
     prompts, sha, label = read_prompts(prompts_file)
     samples = check_samples(samples)
-    missing = [n for n in PIPELINE_SUBMODELS if n not in artifacts]
+    index = load_model_index(model_dir)
+    missing = [n for n in needed_submodels(index) if n not in artifacts]
     if missing:
         raise InputError(f"INT8 calibration runs the whole pipeline, and this build lacks {', '.join(missing)}; "
                          f"drop --only or build only fp32/fp16/bf16/w8")
@@ -150,8 +176,12 @@ def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict],
             session, extra = OnnxModel(p, specs[n], ["CPUExecutionProvider"]).session, []
         models[n] = _Recorder(session, outputs, extra, stores[n], ranges.get(n))
     config = PipelineConfig.from_diffusers(model_dir)
-    pipe = StableDiffusionPipeline(models, CLIPTokenizer.from_folder(model_dir / "tokenizer"),
-                                   read_json(model_dir / "scheduler" / "scheduler_config.json"), config)
+    tokenizers = {n: CLIPTokenizer.from_folder(model_dir / t) for n, t in TOKENIZER_DIRS.items() if n in models}
+    pipe = make_pipeline(index.family, models, tokenizers, read_json(model_dir / "scheduler" / "scheduler_config.json"),
+                         config)
+    # A refiner refines: its runs start from a procedural picture (strength REFINER_STRENGTH), not from noise.
+    refine = {"image": _picture(config.default_height, config.default_width), "strength": REFINER_STRENGTH} \
+        if config.requires_aesthetics_score else {}
     runs = math.ceil(samples / STEPS_PER_RUN)  # whole sampling runs: the samples round up to them
     result = CalibrationSet(label, sha, len(prompts), runs * STEPS_PER_RUN, runs, STEPS_PER_RUN, config.default_height,
                             config.default_width, pipe.make_scheduler().__class__.__name__, [])
@@ -164,7 +194,7 @@ def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict],
         # Held-out prompt: the one after the last calibration prompt, so it differs whenever the file has more.
         prompt = prompts[r % len(prompts)]
         images = pipe(prompt, negative_prompt="", num_inference_steps=HOLDOUT_STEPS if held else STEPS_PER_RUN,
-                      guidance_scale=GUIDANCE, seed=10_000 + r, output_type="np",
+                      guidance_scale=GUIDANCE, seed=10_000 + r, output_type="np", **refine,
                       callback=lambda i, n, t, lat: timesteps.append(float(t)) if not held else None)
         if "vae_encoder" in models:
             models["vae_encoder"](sample=np.ascontiguousarray(images.transpose(0, 3, 1, 2) * 2 - 1, dtype=np.float32))
@@ -174,12 +204,12 @@ def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict],
                 result.holdout[n] = s[marks[n]:]
                 del s[marks[n]:]
                 result.holdout_outputs[(n, str(artifacts[n]))] = models[n].returned
-    # The text encoder sees every prompt (it is cheap), in batches as the pipeline sends them.
-    te = models["text_encoder"]
-    te.calibrating = True
-    for i in range(0, len(prompts), TEXT_BATCH):
-        batch = prompts[i:i + TEXT_BATCH]
-        te(input_ids=np.asarray(pipe.tokenizer([""] + batch), dtype=np.int64))
+    # The text encoders see every prompt (they are cheap), in batches as the pipeline sends them.
+    for name, tokenizer in tokenizers.items():
+        models[name].calibrating = True
+        for i in range(0, len(prompts), TEXT_BATCH):
+            batch = prompts[i:i + TEXT_BATCH]
+            models[name](input_ids=np.asarray(tokenizer([""] + batch), dtype=np.int64))
     stack.close()
     for n, s in stores.items():
         result.calibration[n] = s

@@ -48,11 +48,11 @@ def needs_calibration(ctx: BuildContext) -> bool:
 
 def calibrate_stage(ctx: BuildContext) -> None:
     """Capture calibration data through the fp32 portable artifacts (once per build)."""
-    from sdc.compile.calibrate import PIPELINE_SUBMODELS, capture
+    from sdc.compile.calibrate import capture, needed_submodels
 
     have = set(ctx.submodels)
     needs_int8 = any(p == "int8" for p in ctx.options.precisions)
-    if not set(PIPELINE_SUBMODELS) <= have:
+    if not set(needed_submodels(ctx.index)) <= have:
         if needs_int8:
             capture(ctx.model_dir, {}, {}, ctx.options.calibration_prompts, ctx.options.calibration_samples)  # raises
         ctx.log("no calibration run: the build lacks part of the pipeline; fp16 ranges use the validation inputs")

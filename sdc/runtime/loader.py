@@ -71,6 +71,16 @@ def open_model(root: Path, manifest: dict, name: str, providers: list[str], targ
     return OnnxModel(safe_join(Path(root), art["path"]), sub, providers, threads=threads), art
 
 
+def make_pipeline(family: str, models: dict, tokenizers: dict, scheduler_config: dict, config):
+    """The runtime pipeline of a family ("sd" or "sdxl") over `models`; tokenizers by encoder name."""
+    from sdc.runtime.pipeline import StableDiffusionPipeline
+    from sdc.runtime.pipeline_xl import StableDiffusionXLPipeline
+
+    if family == "sdxl":
+        return StableDiffusionXLPipeline(models, tokenizers, scheduler_config, config)
+    return StableDiffusionPipeline(models, tokenizers.get("text_encoder"), scheduler_config, config)
+
+
 def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, target: str | None = None,
          precision: str | None = None):
     """Load a bundle as a StableDiffusion(XL)Pipeline; `pipe.models[name](**inputs)` runs one submodel.
@@ -82,8 +92,7 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     provider's target has it, else the fastest the bundle has for it (sdc.runtime.precisions.PREFERENCE).
     `pipe.artifacts[name]` says which artifact each submodel runs.
     """
-    from sdc.runtime.pipeline import PipelineConfig, StableDiffusionPipeline
-    from sdc.runtime.pipeline_xl import StableDiffusionXLPipeline
+    from sdc.runtime.pipeline import PipelineConfig
     from sdc.runtime.tokenizer import CLIPTokenizer
 
     root = Path(path)
@@ -118,10 +127,7 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
         force_zeros_for_empty_prompt=bool(p.get("force_zeros_for_empty_prompt", False)),
         requires_aesthetics_score=bool(p.get("requires_aesthetics_score", False)),
     )
-    if manifest["source"]["family"] == "sdxl":
-        pipe = StableDiffusionXLPipeline(models, tokenizers, scheduler_config, config)
-    else:
-        pipe = StableDiffusionPipeline(models, tokenizers.get("text_encoder"), scheduler_config, config)
+    pipe = make_pipeline(manifest["source"]["family"], models, tokenizers, scheduler_config, config)
     with bundle_data(scheduler_path, "scheduler config"):
         pipe.make_scheduler(d.get("scheduler"))  # a bad config fails here, not in the middle of a generation
     pipe.manifest = manifest

@@ -62,10 +62,13 @@ class PipelineConfig:
 
     @classmethod
     def from_diffusers(cls, model_dir: str | Path, default_scheduler: str | None = None) -> PipelineConfig:
-        """Read the fields from a diffusers folder's unet/ and vae/ config.json."""
+        """Read the fields from a diffusers folder's model_index.json and unet/ and vae/ config.json."""
         model_dir = Path(model_dir)
         unet = json.loads((model_dir / "unet" / "config.json").read_text(encoding="utf-8"))
         vae = json.loads((model_dir / "vae" / "config.json").read_text(encoding="utf-8"))
+        index_path = model_dir / "model_index.json"
+        index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
+        xl = str(index.get("_class_name", "")).startswith("StableDiffusionXL")
         factor = 2 ** (len(vae.get("block_out_channels", [64])) - 1)
         size = unet.get("sample_size", 64)
         h, w = (size, size) if isinstance(size, int) else size
@@ -79,6 +82,10 @@ class PipelineConfig:
             default_height=h * factor,
             default_width=w * factor,
             default_scheduler=default_scheduler,
+            latents_mean=tuple(vae["latents_mean"]) if vae.get("latents_mean") else None,
+            latents_std=tuple(vae["latents_std"]) if vae.get("latents_std") else None,
+            force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", xl)),
+            requires_aesthetics_score=bool(index.get("requires_aesthetics_score", False)),
         )
 
 

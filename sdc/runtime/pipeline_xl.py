@@ -235,8 +235,9 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         if start is not None and end is not None and start >= end:
             raise InputError(f"denoising_start {start} must be below denoising_end {end}")
         if image is None and self.is_refiner:
-            raise InputError("this is an SDXL refiner (requires_aesthetics_score): it refines an image, it cannot "
-                             "start from noise; pass image= (e.g. a base's latents), or use a base model")
+            raise InputError("this is an SDXL refiner (requires_aesthetics_score): it refines an image and cannot "
+                             "start from noise; give it an image (sdc generate --image, or a base bundle with "
+                             "--refiner THIS), or use a base model")
         if image is None and start is not None:
             raise InputError("denoising_start needs an image to continue from (the base's latents)")
         if image is not None and latents is not None:

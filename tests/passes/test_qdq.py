@@ -20,8 +20,9 @@ from tests.passes.helpers import const, make_model, ops
 C, H = 64, 6  # enough channels that u8 x s8 pair sums exceed int16 with full-range weights
 
 
-def net(seed: int = 0) -> onnx.ModelProto:
-    """Conv -> Relu -> Conv -> flatten -> MatMul(const) -> MatMul(activation x activation)."""
+def net(seed: int = 0, output_f: bool = False) -> onnx.ModelProto:
+    """Conv -> Relu -> Conv -> flatten -> MatMul(const) -> MatMul(activation x activation); with `output_f`
+    the flattened `f`, which the projection reads quantized, is a graph output too (as CLIP's pooled output)."""
     rng = np.random.default_rng(seed)
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv_in"),
@@ -35,7 +36,8 @@ def net(seed: int = 0) -> onnx.ModelProto:
     inits = [const("w1", rng.standard_normal((C, 3, 3, 3)) * 0.5), const("b1", rng.standard_normal(C) * 0.1),
              const("w2", rng.standard_normal((C, C, 3, 3)) * 0.1), const("b2", rng.standard_normal(C) * 0.1),
              const("shape", [0, C, -1], np.int64), const("m", rng.standard_normal((H * H, 16)) * 0.2)]
-    model = make_model(nodes, [("x", T.FLOAT, ["batch", 3, H, H])], [("y", T.FLOAT, ["batch", C, C])], inits)
+    outputs = [("y", T.FLOAT, ["batch", C, C])] + ([("f", T.FLOAT, ["batch", C, H * H])] if output_f else [])
+    model = make_model(nodes, [("x", T.FLOAT, ["batch", 3, H, H])], outputs, inits)
     name_nodes(model)
     return model
 
@@ -155,3 +157,27 @@ def test_switchable_graph_answers_one_configuration_per_batch_row(fp32_path, tmp
     assert relerr(rows[2:3], run(single, x, fuse=False)) < 1e-6  # one node on: that node quantized alone
     assert relerr(rows[3:4], run(first, x, fuse=False)) < 1e-6
     assert relerr(rows[2:3], rows[0:1]) > 1e-4  # and it does differ from float
+
+
+def test_switchable_graph_gates_a_quantized_activation_that_is_a_graph_output(tmp_path):
+    """onnxruntime lets the DQ write such an output's name: every row must still read float unless an owner is on."""
+    fp32 = tmp_path / "fp32p.onnx"
+    onnx.save(net(output_f=True), str(fp32))
+    qpath = quantize(fp32, tmp_path, "ort-cpu", name="qp")
+    sw = onnx.load(str(qpath))
+    switchable(sw, net(output_f=True), quantizable_nodes(net(output_f=True)))
+    x = feeds(1, seed=9)[0]
+    configs = np.array([[0, 0, 0], [1, 1, 1]], np.float32)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the exact fake-quantized values
+
+    def outputs(src, feed):
+        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+
+    rows = outputs(sw.SerializeToString(), {"x": np.concatenate([x["x"]] * 2), FLAGS: configs})
+    want_float, want_q = outputs(str(fp32), x), outputs(str(qpath), x)
+    assert relerr(rows["f"][0:1], want_float["f"]) < 1e-6  # all off: the float activation
+    assert relerr(rows["f"][1:2], want_q["f"]) < 1e-6  # all on: what the QDQ graph outputs
+    assert relerr(want_q["f"], want_float["f"]) > 1e-4  # the output is quantized in the QDQ graph
+    assert relerr(rows["y"][0:1], want_float["y"]) < 1e-6

@@ -124,6 +124,25 @@ def switchable(qdq_model, fp32_model, nodes: list[str]) -> int:
             return None
         return q.input[0], value
 
+    # 0. A graph output the quantizer passes through Q/DQ (onnxruntime renames the producer's output and
+    # lets the DQ write the output name, e.g. CLIP's pooled output read by its quantized projection) is a
+    # reader too: the DQ writes a new name, and the output becomes that activation's per-row view (step 3).
+    output_views = []
+    for out in g.output:
+        src = dq_source(out.name)
+        if src is None:
+            continue
+        renamed = out.name + "__sdc_dq"
+        producer[out.name].output[0] = renamed
+        producer[renamed] = producer.pop(out.name)
+        for n in g.node:
+            for i, x in enumerate(n.input):
+                if x == out.name:
+                    n.input[i] = renamed
+        readers[renamed] = readers.pop(out.name, set())
+        rank[renamed] = rank_of(out.name)
+        have.add(renamed)
+        output_views.append((src[0], renamed, out.name))
     # 1. Every reader of a Q/DQ'd activation: quantized only in the rows where one of its owners is on.
     for n in g.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -162,6 +181,9 @@ def switchable(qdq_model, fp32_model, nodes: list[str]) -> int:
         extra.append(twin)
         extra.append(helper.make_node("Where", [gate(index[n.name], rank_of(y)), yq, yf], [y], name=y + "__sdc_pick"))
         switched += 1
+    # 3. The graph outputs of step 0 read their activation's view like any other reader.
+    for t, t_dq, name in output_views:
+        extra.append(helper.make_node("Identity", [float_view(t, t_dq)], [name], name=name + "__sdc_output"))
     g.input.append(helper.make_tensor_value_info(FLAGS, TensorProto.FLOAT, ["rows", len(nodes)]))
     g.node.extend(extra)
     topological_sort(qdq_model)
