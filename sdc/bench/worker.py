@@ -42,8 +42,10 @@ def _torch_model(model_dir: Path, name: str, threads: int) -> Callable[..., dict
                                            "pooler_output": o.pooler_output})(m(input_ids=input_ids))
     elif name == "unet":
         m = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=fp32)
-        fn = lambda sample, timestep, encoder_hidden_states: {  # noqa: E731
-            "out_sample": m(sample, timestep, encoder_hidden_states).sample}
+
+        def fn(sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+            added = {"text_embeds": text_embeds, "time_ids": time_ids} if text_embeds is not None else None  # SDXL
+            return {"out_sample": m(sample, timestep, encoder_hidden_states, added_cond_kwargs=added).sample}
     elif name == "vae_decoder":
         m = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=fp32)
         fn = lambda latent_sample: {"sample": m.decode(latent_sample).sample}  # noqa: E731

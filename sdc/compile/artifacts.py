@@ -5,6 +5,11 @@ Rather than shipping a second multi-GB copy, its initializers that are byte-iden
 initializer point into the portable graph's external data file; only tensors a pass created (a packed
 QKV weight, a folded constant) are stored again. Identity is checked by content hash, so a pass that
 rewrites a weight in place can never be served stale bytes.
+
+Past the external-data threshold the graphs never hold their weights in memory at all: the export is
+saved once to scratch, the passes run on references into that file (onnx-ir reads the few tensors a
+pass needs), and `stream_save` copies the bytes into the bundle in chunks (SDXL's 10 GB fp32 UNet
+would otherwise be in memory twice).
 """
 
 from __future__ import annotations
@@ -78,3 +83,88 @@ def save_sharing(model, path: Path, portable, portable_digests: dict[str, tuple[
             own_large += len(t.raw_data)
     data = save_onnx(model, path, external=own_large > 0 and shared > 0)
     return data, shared
+
+
+# ----------------------------------------------------------------------------- models larger than memory allows twice
+
+ALIGN = 4096  # external tensors start on page boundaries, so ONNX Runtime can memory-map them
+CHUNK = 64 << 20
+
+
+def _external_ref(t) -> tuple[str, int, int] | None:
+    """(location, offset, length) of an external initializer, else None."""
+    from onnx import TensorProto
+
+    if t.data_location != TensorProto.EXTERNAL:
+        return None
+    info = {e.key: e.value for e in t.external_data}
+    return info["location"], int(info.get("offset", 0)), int(info["length"])
+
+
+def _point(t, location: str, offset: int, length: int) -> None:
+    from onnx import TensorProto
+
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    del t.external_data[:]
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+
+
+def stream_save(model, path: Path, base_dir: Path, shared: dict | None = None) -> tuple[str | None, dict, int]:
+    """Save `model`, whose initializers are inline bytes or external references resolved against `base_dir`,
+    copying every referenced tensor into `<path>.data` in chunks (never the whole model in memory).
+
+    With `shared` (what an earlier stream_save of the portable graph returned) a reference it already
+    copied points into that graph's data file instead (both graphs share a folder): an initializer that is still a
+    reference was never touched by a pass, so its bytes are the portable graph's by construction.
+    Returns (data file name or None, {source reference: new reference}, bytes shared).
+    """
+    import onnx
+
+    data = data_file_of(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    moved: dict[tuple[str, int, int], tuple[str, int, int]] = {}
+    handles: dict[str, object] = {}
+    shared_bytes = 0
+    out = None
+    try:
+        for t in model.graph.initializer:
+            ref = _external_ref(t)
+            if ref is not None and shared and ref in shared:
+                _point(t, *shared[ref])
+                shared_bytes += ref[2]
+                continue
+            if ref is None and (not t.HasField("raw_data") or len(t.raw_data) < MIN_EXTERNAL_BYTES):
+                continue  # small tensors stay inline
+            if out is None:
+                out = open(data, "wb")
+            pad = -out.tell() % ALIGN
+            out.write(b"\0" * pad)
+            offset = out.tell()
+            if ref is None:
+                length = len(t.raw_data)
+                out.write(t.raw_data)
+            else:
+                src = str(Path(base_dir) / ref[0])
+                if src not in handles:
+                    handles[src] = open(src, "rb")
+                f, left = handles[src], ref[2]
+                f.seek(ref[1])
+                while left:
+                    chunk = f.read(min(CHUNK, left))
+                    if not chunk:
+                        raise OSError(f"{src}: external data ends before offset {ref[1]} + {ref[2]}")
+                    out.write(chunk)
+                    left -= len(chunk)
+                length = ref[2]
+                moved[ref] = (data.name, offset, length)
+            _point(t, data.name, offset, length)
+    finally:
+        for f in handles.values():
+            f.close()
+        if out is not None:
+            out.close()
+    onnx.save_model(model, str(path))
+    return (data.name if out is not None else None), moved, shared_bytes

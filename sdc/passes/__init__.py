@@ -13,11 +13,11 @@ TARGETS = ("portable", "ort-cpu", "ort-cuda", "tensorrt")
 
 
 def optimize(model: onnx.ModelProto, target: str, debug: bool = False,
-             after: PassReport | None = None) -> tuple[onnx.ModelProto, PassReport]:
+             after: PassReport | None = None, base_dir=None) -> tuple[onnx.ModelProto, PassReport]:
     """See sdc.passes.onnx.optimize.optimize (imported here lazily: onnx and onnxscript are build-time deps)."""
     from sdc.passes.onnx.optimize import optimize as _optimize
 
-    return _optimize(model, target, debug, after)
+    return _optimize(model, target, debug, after, base_dir)
 
 
 def fused_ops(passes: dict[str, dict[str, int]]) -> dict[str, int]:

@@ -118,3 +118,41 @@ def test_unet_onnx_at_sizes_validation_did_not_see(bundles):
         got = pipe.models["unet"](**inputs)["out_sample"]
         assert got.shape == want.shape == (b, 4, h, w)
         assert float(np.abs(got - want).max()) <= 1e-4
+
+
+def test_streamed_weights_give_the_same_graphs(bundles, tmp_path):
+    """Past the external-data threshold the passes run on references into a scratch export and the weights
+    are copied into the bundle in chunks (sdc.compile.artifacts.stream_save): same numbers, one weight file
+    per submodel that its tuned graph shares, page-aligned tensors."""
+    import onnxruntime as ort
+
+    from sdc.compile.build import build
+    from sdc.compile.context import BuildOptions
+
+    subs = ("text_encoder", "unet")
+    streamed = build(FIXTURES / "sd1-tiny", tmp_path / "s.bundle",
+                     BuildOptions(submodels=subs, external_data_threshold=0)).manifest
+    first = json.loads((bundles["sd1-tiny"] / "manifest.json").read_text())
+    rng = np.random.default_rng(0)
+    for name in subs:
+        arts = {a["target"]: a for a in streamed["submodels"][name]["artifacts"]}
+        assert set(arts) == {a["target"] for a in first["submodels"][name]["artifacts"]}
+        assert arts["ort-cpu"]["data_paths"][0] == arts["portable"]["data_paths"][0] == f"{name}/model.onnx.data"
+        assert arts["ort-cpu"]["passes"] == next(a for a in first["submodels"][name]["artifacts"]
+                                                  if a["target"] == "ort-cpu")["passes"]
+        graph = onnx.load(str(tmp_path / "s.bundle" / arts["ort-cpu"]["path"]), load_external_data=False)
+        offsets = [int(e.value) for t in graph.graph.initializer for e in t.external_data if e.key == "offset"]
+        assert offsets and all(o % 4096 == 0 for o in offsets)
+        spec = first["submodels"][name]
+        dims = {"batch": 2, "sequence": 77, "latent_height": 8, "latent_width": 8}
+        feed = {}
+        for t in spec["inputs"]:
+            shape = [dims[d] if isinstance(d, str) else d for d in t["shape"]]
+            feed[t["name"]] = (rng.integers(0, 49407, shape) if t["dtype"] == "int64"
+                               else rng.standard_normal(shape)).astype(t["dtype"])
+        for target, art in arts.items():
+            ref_art = next(a for a in first["submodels"][name]["artifacts"] if a["target"] == target)
+            got = ort.InferenceSession(str(tmp_path / "s.bundle" / art["path"])).run(None, feed)
+            want = ort.InferenceSession(str(bundles["sd1-tiny"] / ref_art["path"])).run(None, feed)
+            for g, w in zip(got, want):
+                assert np.array_equal(g, w), (name, target)

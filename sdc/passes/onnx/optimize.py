@@ -3,9 +3,9 @@
 Memory (a real UNet holds 3.4 GB of weights): onnx-ir wraps the input's TensorProtos without
 copying them, and the passes only read the small ones; the one copy is made when the result is
 serialized. Peak memory is input + output, and dropping the input frees its weights: no rule
-keeps the model alive after a pass (see _fusion.forget_matches). Initializers must be loaded
-(onnx.load with external data, the default): an initializer still pointing at an external file
-would be resolved against the current directory.
+keeps the model alive after a pass (see _fusion.forget_matches). Initializers are either loaded, or
+external references with `base_dir` given (then they stay references, and memory holds only the
+tensors the passes make: how sdc.compile.export handles models past the external-data threshold).
 """
 
 from __future__ import annotations
@@ -47,13 +47,15 @@ class PassReport:
 
 
 def optimize(model: onnx.ModelProto, target: str, debug: bool = False,
-             after: PassReport | None = None) -> tuple[onnx.ModelProto, PassReport]:
+             after: PassReport | None = None, base_dir=None) -> tuple[onnx.ModelProto, PassReport]:
     """The model rewritten for `target` (portable, ort-cpu, ort-cuda, tensorrt), and what each pass did.
 
     With debug=True, every fusion rule that rewrote nothing logs its nearest misses and the reason
     to the "sdc.passes" logger (INFO). `after`: the report of the pipeline that already produced
     `model`; the leading passes the two pipelines share are not run again (cleanup is idempotent and
     costs most of a small model's pass time) and their counts are taken from that report.
+    `base_dir`: where the external data of `model`'s external initializers lives; they stay references
+    in the result (only tensors a pass reads are loaded, and tensors it makes are inline).
     """
     if target not in PIPELINES:
         raise UnknownTargetError(f"unknown pass target {target!r} (choose one of: {', '.join(PIPELINES)})")
@@ -69,6 +71,10 @@ def optimize(model: onnx.ModelProto, target: str, debug: bool = False,
         done = [PassResult(name, bool(counts), dict(counts)) for name, counts in list(after.passes.items())[:shared]]
         passes = passes[shared:]
     model_ir = ir.serde.deserialize_model(model)
+    if base_dir is not None:
+        for value in model_ir.graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                value.const_value.base_dir = str(base_dir)
     results: list[PassResult] = done + [run_pass(p, model_ir, debug) for p in passes]
     out = ir.serde.serialize_model(model_ir)
     report = PassReport(target, _by_name(results), time.perf_counter() - t0)
