@@ -1,4 +1,4 @@
-"""Opt-in real-size check: SD 1.5 and SD 2.1 architectures with random weights, one forward per submodel.
+"""Opt-in real-size check: SD 1.5, SD 2.1 (and with --arch sdxl, SDXL base) architectures with random weights.
 
 No checkpoint files are needed: the configs below are the published diffusers configs (the fields
 that matter), parsed by sdc's own config readers, and the Paddle modules are instantiated with
@@ -13,6 +13,7 @@ Needs ~10 GB of memory for SD 2.1's UNet at 768x768 (attention scores over 9216 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -47,8 +48,32 @@ ARCHS = {
         text_encoder=dict(CLIP_COMMON, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
                           num_attention_heads=16, hidden_act="gelu", eos_token_id=2, projection_dim=512),
     ),
+    "sdxl": dict(  # stabilityai/stable-diffusion-xl-base-1.0 (needs ~24 GB for the UNet forward at 1024x1024)
+        size=1024,
+        unet=dict(UNET_COMMON, block_out_channels=[320, 640, 1280],
+                  down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                  attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048,
+                  use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                  projection_class_embeddings_input_dim=2816, sample_size=128),
+        vae=dict(VAE, sample_size=1024, scaling_factor=0.13025),
+        text_encoder=dict(CLIP_COMMON, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                          num_attention_heads=12, hidden_act="quick_gelu", eos_token_id=2, projection_dim=768),
+        text_encoder_2=dict(CLIP_COMMON, architectures=["CLIPTextModelWithProjection"], hidden_size=1280,
+                            intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+                            eos_token_id=2, projection_dim=1280),
+    ),
 }
-SUBMODELS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+DEFAULT_ARCHS = ("sd15", "sd21")
+SUBMODELS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
+
+
+def write_configs(arch: str, folder: Path) -> None:
+    """The architecture's config.json files in diffusers' folder layout."""
+    for sub in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if sub in ARCHS[arch]:
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            (folder / sub / "config.json").write_text(json.dumps(ARCHS[arch][sub]))
 
 
 def check(arch: str, names: list[str], folder: Path) -> None:
@@ -59,11 +84,13 @@ def check(arch: str, names: list[str], folder: Path) -> None:
     from sdc.graphs.specs import spec_for
 
     a = ARCHS[arch]
-    for sub in ("unet", "vae", "text_encoder"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-        (folder / sub / "config.json").write_text(json.dumps(a[sub]))
+    write_configs(arch, folder)
     for name in names:
+        if name not in a and not name.startswith("vae_"):
+            continue  # e.g. text_encoder_2 outside SDXL
         cfg = load_config(folder, name)
+        if getattr(cfg, "text_time", False):
+            cfg = dataclasses.replace(cfg, num_time_ids=6)  # a base's time ids
         paddle.seed(0)
         layer = build(name, cfg)
         params = sum(int(np.prod(p.shape)) for p in layer.parameters())
@@ -85,7 +112,7 @@ def check(arch: str, names: list[str], folder: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", nargs="+", choices=sorted(ARCHS), default=sorted(ARCHS))
+    ap.add_argument("--arch", nargs="+", choices=sorted(ARCHS), default=list(DEFAULT_ARCHS))
     ap.add_argument("--submodels", nargs="+", choices=SUBMODELS, default=list(SUBMODELS))
     args = ap.parse_args()
     import paddle

@@ -279,7 +279,9 @@ def _time_one(model_dir: Path, name: str, variant: str, bundles: dict[str, Path]
     task = {"kind": "time", "variant": variant, "component": name, "model_dir": str(model_dir),
             "bundle": str(bundles.get(variant, "")), "inputs": str(inputs), "outputs": str(folder / f"{variant}.npz"),
             "runs": options.runs, "warmup": options.warmup,
-            "precision": BUNDLES[variant][2][0] if variant in BUNDLES else "fp32"}
+            "precision": BUNDLES[variant][2][0] if variant in BUNDLES else "fp32",
+            # the variant's artifact, also when one given bundle (--bundle) serves several variants
+            "target": (BUNDLES[variant][1] or ("portable",))[0] if variant in BUNDLES else None}
     r = run_worker(task, folder, variant, threads)
     return VariantRun(variant, r["status"], r.get("reason", ""), r.get("times", []), r.get("load_seconds", 0.0),
                       r.get("peak_rss_bytes", 0), r.get("detail", {}))

@@ -93,8 +93,10 @@ def _paddle_model(model_dir: Path, name: str, threads: int) -> Callable[..., dic
     return prepare
 
 
-def _sdc_model(bundle: Path, name: str, threads: int, precision: str = "fp32") -> tuple[Callable[..., dict], dict]:
-    """One submodel of a bundle in ONNX Runtime (CPU), the artifact chosen as the runtime chooses for cpu.
+def _sdc_model(bundle: Path, name: str, threads: int, precision: str = "fp32",
+               target: str | None = None) -> tuple[Callable[..., dict], dict]:
+    """One submodel of a bundle in ONNX Runtime (CPU): the `target` artifact (portable for the `sdc` variant),
+    by default the one the runtime chooses for cpu.
 
     Opens it the way `sdc.runtime.load` does (`open_model`), but alone: the full pipeline would open
     every submodel's session, and their weights would count in this process's peak RSS.
@@ -105,7 +107,8 @@ def _sdc_model(bundle: Path, name: str, threads: int, precision: str = "fp32") -
 
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest, full=False)
-    model, art = open_model(bundle, manifest, name, resolve_providers("cpu"), threads=threads, precision=precision)
+    model, art = open_model(bundle, manifest, name, resolve_providers("cpu"), target, threads=threads,
+                            precision=precision)
     detail = dict(artifact=f"{art['target']}/{art['precision']}", path=art["path"], sha256=art["sha256"],
                   rewrites=_rewrites(art))
 
@@ -138,7 +141,7 @@ def time_variant(task: dict) -> dict:
     elif variant == "paddle":
         prepare = _paddle_model(Path(task["model_dir"]), name, threads)
     else:
-        prepare, detail = _sdc_model(Path(task["bundle"]), name, threads, task.get("precision", "fp32"))
+        prepare, detail = _sdc_model(Path(task["bundle"]), name, threads, task.get("precision", "fp32"), task.get("target"))
     with np.load(task["inputs"]) as z:
         run = prepare({k: z[k] for k in z.files})
     load_s = time.perf_counter() - t0

@@ -27,8 +27,8 @@ WRONG_EPSILON = """
 import sys
 import sdc.passes as passes
 real = passes.optimize
-def optimize(model, target, debug=False, after=None):
-    model, report = real(model, target, debug, after)
+def optimize(model, target, debug=False, after=None, base_dir=None):
+    model, report = real(model, target, debug, after, base_dir)
     for node in model.graph.node:
         if node.op_type == "LayerNormalization":
             for a in node.attribute:

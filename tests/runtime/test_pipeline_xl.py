@@ -52,13 +52,14 @@ def run_reference(pipes, s: dict, arrays: dict[str, np.ndarray]) -> tuple[np.nda
 
 
 def _pipeline(model: str, cache: dict = {}):  # noqa: B006 (per-process cache)
+    """The runtime's SDXL pipeline over Paddle modules of a fixture folder (no bundle)."""
     if model not in cache:
         pytest.importorskip("paddle")
         import importlib.util
 
         from sdc.graphs.configs import load_model_index
+        from sdc.runtime.loader import make_pipeline
         from sdc.runtime.pipeline import PipelineConfig
-        from sdc.runtime.pipeline_xl import StableDiffusionXLPipeline
         from sdc.runtime.tokenizer import CLIPTokenizer
 
         spec = importlib.util.spec_from_file_location("sdc_test_paddle_models", Path(__file__).with_name("paddle_models.py"))
@@ -68,13 +69,9 @@ def _pipeline(model: str, cache: dict = {}):  # noqa: B006 (per-process cache)
         index = load_model_index(folder)
         tokenizers = {n: CLIPTokenizer.from_folder(folder / t) for n, t in
                       (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")) if index.has(n)}
-        config = PipelineConfig.from_diffusers(folder)
-        from dataclasses import replace
-
-        config = replace(config, force_zeros_for_empty_prompt=index.force_zeros_for_empty_prompt,
-                         requires_aesthetics_score=index.requires_aesthetics_score)
         scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-        cache[model] = StableDiffusionXLPipeline(module.load_models(folder), tokenizers, scheduler_config, config)
+        cache[model] = make_pipeline(index.family, module.load_models(folder), tokenizers, scheduler_config,
+                                     PipelineConfig.from_diffusers(folder))
     return cache[model]
 
 

@@ -8,7 +8,6 @@ missing or extra layer anywhere in a real-size module fails here even though the
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,8 @@ EXPECTED = {
     ("sd15", "unet"): 859_520_964,
     ("sd21", "unet"): 865_910_724,
     ("sd15", "text_encoder"): 123_060_480,
+    ("sdxl", "unet"): 2_567_463_684,
+    ("sdxl", "text_encoder_2"): 694_659_840,  # OpenCLIP bigG with its projection
 }
 
 
@@ -34,8 +35,6 @@ EXPECTED = {
 def test_parameter_counts(tmp_path, arch, name):
     from sdc.graphs import build, load_config
 
-    for sub in ("unet", "vae", "text_encoder"):
-        (tmp_path / sub).mkdir()
-        (tmp_path / sub / "config.json").write_text(json.dumps(check_real_size.ARCHS[arch][sub]))
+    check_real_size.write_configs(arch, tmp_path)
     layer = build(name, load_config(tmp_path, name))
     assert sum(int(np.prod(p.shape)) for p in layer.parameters()) == EXPECTED[(arch, name)]
