@@ -232,7 +232,8 @@ class UNetConfig:
     mid_block_type: str | None  # "UNetMidBlock2DCrossAttn" or None
     block_out_channels: tuple[int, ...]
     layers_per_block: tuple[int, ...]
-    transformer_layers_per_block: tuple[int, ...]
+    # per down block: one depth for all its attentions, or one per attention (SDXL's distilled variants, e.g. SSD-1B)
+    transformer_layers_per_block: tuple[int | tuple[int, ...], ...]
     num_attention_heads: tuple[int, ...]  # diffusers' `attention_head_dim` means heads (SD 1.x/2.x)
     cross_attention_dim: tuple[int, ...]
     use_linear_projection: bool
@@ -254,6 +255,8 @@ class UNetConfig:
     # SDXL: how many time ids the pipeline feeds (6 for a base, 5 with an aesthetic score); set from the
     # pipeline folder by `sdc.graphs.family.resolve_configs`, which also checks the widths add up.
     num_time_ids: int | None = None
+    # per up block (in up order), when the up path's depths are not the down path's reversed
+    reverse_transformer_layers_per_block: tuple[int | tuple[int, ...], ...] | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -308,7 +311,6 @@ def load_unet_config(path: Path) -> UNetConfig:
         ("time_embedding_type", "positional", ("positional",)),
         ("attention_type", "default", ("default",)),
         ("resnet_out_scale_factor", 1.0, (1.0, 1)),
-        ("reverse_transformer_layers_per_block", None, (None,)),
         ("addition_embed_type_num_heads", 64, (64,)),  # only used with addition_embed_type="text_image"
         ("mid_block_only_cross_attention", None, (None, False)),
     ):
@@ -318,6 +320,14 @@ def load_unet_config(path: Path) -> UNetConfig:
         raise UnsupportedConfigError(path, "only_cross_attention", oca, "only_cross_attention: false")
     mid = r.only("mid_block_type", ("UNetMidBlock2DCrossAttn", None), "UNetMidBlock2DCrossAttn")
     act = r.only("act_fn", ("silu", "swish"), "silu")
+    layers = r.per_block("layers_per_block", r.get("layers_per_block", 2), n, int)
+    depths = _depths(r, "transformer_layers_per_block", r.get("transformer_layers_per_block", 1), layers)
+    reverse = r.get("reverse_transformer_layers_per_block", None)
+    if reverse is not None:
+        reverse = _depths(r, "reverse_transformer_layers_per_block", reverse, tuple(k + 1 for k in reversed(layers)))
+    elif any(isinstance(d, tuple) for d in depths):
+        raise ConfigError(path, "reverse_transformer_layers_per_block", "per-attention transformer depths need the "
+                          "up path's depths too (diffusers refuses this config as well)", "set it as the checkpoint has it")
     k_in, k_out = r.get("conv_in_kernel", 3, int), r.get("conv_out_kernel", 3, int)
     for key, k in (("conv_in_kernel", k_in), ("conv_out_kernel", k_out)):
         if k % 2 == 0:
@@ -338,10 +348,9 @@ def load_unet_config(path: Path) -> UNetConfig:
         up_block_types=up,
         mid_block_type=mid,
         block_out_channels=boc,
-        layers_per_block=r.per_block("layers_per_block", r.get("layers_per_block", 2), n, int),
-        transformer_layers_per_block=r.per_block(
-            "transformer_layers_per_block", r.get("transformer_layers_per_block", 1), n, int
-        ),
+        layers_per_block=layers,
+        transformer_layers_per_block=depths,
+        reverse_transformer_layers_per_block=reverse,
         num_attention_heads=heads,
         cross_attention_dim=r.per_block("cross_attention_dim", r.get("cross_attention_dim", 1280), n, int),
         use_linear_projection=bool(r.get("use_linear_projection", False, bool)),
@@ -363,6 +372,26 @@ def load_unet_config(path: Path) -> UNetConfig:
     )
     r.refuse_unknown()
     return cfg
+
+
+def _depths(r: _Reader, key: str, value: Any, layers: tuple[int, ...]) -> tuple[int | tuple[int, ...], ...]:
+    """Transformer depths per block: an int for all, or per block an int or a list with one per attention."""
+    def ok(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if ok(value):
+        return (value,) * len(layers)
+    if not isinstance(value, list) or len(value) != len(layers):
+        raise ConfigError(r.path, key, f"expected an int or {len(layers)} entries, got {value!r}")
+    out: list[int | tuple[int, ...]] = []
+    for v, k in zip(value, layers):
+        if ok(v):
+            out.append(v)
+        elif isinstance(v, list) and len(v) == k and all(ok(x) for x in v):
+            out.append(tuple(v))
+        else:
+            raise ConfigError(r.path, key, f"entry {v!r}: expected a positive int or {k} of them (one per attention)")
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- VAE

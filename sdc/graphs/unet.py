@@ -19,13 +19,17 @@ from sdc.graphs.configs import UNetConfig
 from sdc.graphs.layers import Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, conv2d, timestep_features
 
 
-def transformers(cfg: UNetConfig, r: int, channels: int, n: int) -> nn.LayerList:
-    """`n` spatial transformers with block `r`'s heads, depth and cross-attention width (r: down-block index)."""
+def transformers(cfg: UNetConfig, r: int, channels: int, n: int, depths=None) -> nn.LayerList:
+    """`n` spatial transformers with block `r`'s heads and cross-attention width (r: down-block index).
+
+    depths: one depth for all, or one per transformer; default block r's down-path depths.
+    """
+    depths = cfg.transformer_layers_per_block[r] if depths is None else depths
+    per = list(depths) if isinstance(depths, tuple) else [depths] * n
     return nn.LayerList([
-        Transformer2DModel(channels, cfg.num_attention_heads[r], cfg.transformer_layers_per_block[r],
-                           cfg.cross_attention_dim[r], cfg.norm_num_groups, cfg.use_linear_projection,
-                           cfg.upcast_attention)
-        for _ in range(n)
+        Transformer2DModel(channels, cfg.num_attention_heads[r], per[j], cfg.cross_attention_dim[r],
+                           cfg.norm_num_groups, cfg.use_linear_projection, cfg.upcast_attention)
+        for j in range(n)
     ])
 
 
@@ -70,7 +74,8 @@ class UpBlock(nn.Layer):
         ])
         self.cross = cross
         if cross:
-            self.attentions = transformers(cfg, r, cout, n)
+            rev = cfg.reverse_transformer_layers_per_block
+            self.attentions = transformers(cfg, r, cout, n, rev[i] if rev is not None else None)
         if upsample:
             self.upsamplers = nn.LayerList([Upsample2D(cout)])
         self.upsample = upsample
@@ -92,7 +97,8 @@ class MidBlock(nn.Layer):
         super().__init__()
         g, eps, s = cfg.norm_num_groups, cfg.norm_eps, cfg.mid_block_scale_factor
         self.resnets = nn.LayerList([ResnetBlock2D(channels, channels, temb, g, eps, s) for _ in range(2)])
-        self.attentions = transformers(cfg, -1, channels, 1)
+        depths = cfg.transformer_layers_per_block[-1]  # diffusers: the mid block takes the first of a list
+        self.attentions = transformers(cfg, -1, channels, 1, depths[0] if isinstance(depths, tuple) else depths)
 
     def forward(self, h, temb, context):
         h = self.resnets[0](h, temb)

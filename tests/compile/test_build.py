@@ -129,7 +129,7 @@ def test_streamed_weights_give_the_same_graphs(bundles, tmp_path):
     from sdc.compile.build import build
     from sdc.compile.context import BuildOptions
 
-    subs = ("text_encoder", "unet")
+    subs = ("vae_decoder",)  # the cheapest submodel with a fused (ort-cpu) graph
     streamed = build(FIXTURES / "sd1-tiny", tmp_path / "s.bundle",
                      BuildOptions(submodels=subs, external_data_threshold=0)).manifest
     first = json.loads((bundles["sd1-tiny"] / "manifest.json").read_text())

@@ -67,3 +67,20 @@ def test_vae_config_variants(variant: str) -> None:
     for name, sub_cases in (("vae_encoder", enc), ("vae_decoder", dec)):
         layer = load_folder(folder, name)
         _check(layer, name, sub_cases, f"{variant}/{name}")
+
+
+def test_per_attention_depths_need_the_up_path(tmp_path) -> None:
+    """Nested transformer depths without reverse_transformer_layers_per_block: a one-line config error (diffusers
+    refuses it too), and a wrong-length entry names the field."""
+    import json
+
+    from sdc.errors import ConfigError
+    from sdc.graphs.configs import load_unet_config
+
+    cfg = json.loads((VARIANTS / "unet-sdxl-asymmetric-depths" / "config.json").read_text())
+    for change, field in ((dict(reverse_transformer_layers_per_block=None), "reverse_transformer_layers_per_block"),
+                          (dict(transformer_layers_per_block=[1, [1, 2, 3], 1]), "transformer_layers_per_block")):
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(dict(cfg, **change)))
+        with pytest.raises(ConfigError, match=field):
+            load_unet_config(path)
