@@ -27,18 +27,24 @@ def load_config(model_dir: Path, name: str):
 
 
 def _parse_config(path: Path, name: str):
-    from sdc.graphs import configs
+    from sdc.graphs import configs, configs_flux, configs_unet
 
     if name.startswith("text_encoder"):
+        if configs.read_json(path).get("model_type") in ("t5", "umt5"):  # Flux's text_encoder_2
+            return configs_flux.load_t5_config(path)
         return configs.load_clip_config(path)
     if name == "unet":
-        return configs.load_unet_config(path)
-    return configs.load_vae_config(path)
+        return configs_unet.load_unet_config(path)
+    return configs_unet.load_vae_config(path)
 
 
 def build(name: str, cfg):
     """An uninitialised Paddle Layer for submodel `name` (random weights), in eval mode."""
-    if name.startswith("text_encoder"):
+    from sdc.graphs.configs_flux import T5Config
+
+    if isinstance(cfg, T5Config):
+        from sdc.graphs.t5 import T5EncoderModel as cls
+    elif name.startswith("text_encoder"):
         from sdc.graphs.clip import CLIPTextModel as cls
     elif name == "unet":
         from sdc.graphs.unet import UNet2DConditionModel as cls

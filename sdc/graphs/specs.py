@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sdc.graphs.configs import CLIPTextConfig, UNetConfig, VAEConfig
+from sdc.graphs.configs import CLIPTextConfig
+from sdc.graphs.configs_flux import T5Config
+from sdc.graphs.configs_unet import UNetConfig, VAEConfig
 
 Dim = int | str
 
@@ -81,15 +83,18 @@ class SubmodelSpec:
         }
 
 
-def _token_ids(shape: tuple[int, int], rng, vocab_size: int, bos: int, eos: int, pad: int) -> np.ndarray:
-    """BOS, random words, EOS, then padding: what a tokenizer really feeds the encoder."""
+def _token_ids(shape: tuple[int, int], rng, vocab_size: int, bos: int | None, eos: int, pad: int) -> np.ndarray:
+    """BOS (CLIP; T5 has none), random words, EOS, then padding: what a tokenizer really feeds the encoder."""
     b, s = shape
     ids = np.full((b, s), pad, dtype=np.int64)
+    start = 0 if bos is None else 1
+    low, high = (0, min(vocab_size, bos)) if bos is not None else (max(eos, pad) + 1, vocab_size)
     for i in range(b):
-        n = int(rng.integers(0, max(1, s - 2)))
-        ids[i, 0] = bos
-        ids[i, 1 : 1 + n] = rng.integers(0, min(vocab_size, bos), n)
-        ids[i, min(1 + n, s - 1)] = eos
+        n = int(rng.integers(0, max(1, s - 1 - start)))
+        if bos is not None:
+            ids[i, 0] = bos
+        ids[i, start : start + n] = rng.integers(low, high, n)
+        ids[i, min(start + n, s - 1)] = eos
     return ids
 
 
@@ -166,7 +171,22 @@ def vae_decoder_spec(cfg: VAEConfig) -> SubmodelSpec:
     )
 
 
+def t5_spec(cfg: T5Config, name: str = "text_encoder_2") -> SubmodelSpec:
+    """Flux's T5 encoder: token ids of any length (the pipeline pads to max_sequence_length)."""
+    return SubmodelSpec(
+        name=name,
+        inputs=(TensorSpec("input_ids", "int64", ("batch", "sequence")),),
+        outputs=(TensorSpec("last_hidden_state", "float32", ("batch", "sequence", cfg.d_model)),),
+        atol=1e-4,
+        rtol=1e-4,
+        sample_dims=({"batch": 1, "sequence": 77}, {"batch": 2, "sequence": 16}),
+        extra=dict(vocab_size=cfg.vocab_size, bos=None, eos=1, pad=0),  # T5: </s> = 1, <pad> = 0
+    )
+
+
 def spec_for(name: str, cfg) -> SubmodelSpec:
+    if isinstance(cfg, T5Config):
+        return t5_spec(cfg, name)
     if name.startswith("text_encoder"):
         return clip_spec(cfg, name)
     return {"unet": unet_spec, "vae_encoder": vae_encoder_spec, "vae_decoder": vae_decoder_spec}[name](cfg)

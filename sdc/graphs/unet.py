@@ -15,7 +15,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from sdc.graphs.attention import Transformer2DModel
-from sdc.graphs.configs import UNetConfig
+from sdc.graphs.configs_unet import UNetConfig
 from sdc.graphs.layers import Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, conv2d, timestep_features
 
 

@@ -14,7 +14,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from sdc.graphs.attention import VaeAttention
-from sdc.graphs.configs import VAEConfig
+from sdc.graphs.configs_unet import VAEConfig
 from sdc.graphs.layers import Downsample2D, ResnetBlock2D, Upsample2D, conv2d
 
 VAE_EPS = 1e-6  # diffusers hard-codes the VAE's norm epsilon

@@ -133,6 +133,8 @@ def canonical_key(key: str) -> str:
     """Map checkpoint naming variants onto diffusers' current names."""
     if key.startswith("text_model."):
         key = key[len("text_model.") :]
+    if key == "encoder.embed_tokens.weight":  # T5: tied to shared.weight (checkpoints store either or both)
+        return "shared.weight"
     parts = key.split(".")
     if len(parts) >= 2 and parts[-2] in _LEGACY_VAE_ATTENTION and ".attentions." in key:
         parts[-2] = _LEGACY_VAE_ATTENTION[parts[-2]]

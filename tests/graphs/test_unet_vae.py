@@ -75,7 +75,7 @@ def test_per_attention_depths_need_the_up_path(tmp_path) -> None:
     import json
 
     from sdc.errors import ConfigError
-    from sdc.graphs.configs import load_unet_config
+    from sdc.graphs.configs_unet import load_unet_config
 
     cfg = json.loads((VARIANTS / "unet-sdxl-asymmetric-depths" / "config.json").read_text())
     for change, field in ((dict(reverse_transformer_layers_per_block=None), "reverse_transformer_layers_per_block"),
