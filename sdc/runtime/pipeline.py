@@ -151,9 +151,13 @@ class StableDiffusionPipeline:
 
     def make_scheduler(self, name: str | None = None):
         """A fresh scheduler (they hold per-generation state) from the model's scheduler config."""
-        from sdc.runtime.schedulers import from_config
+        from sdc.runtime.schedulers import ALIASES, from_config
 
-        return from_config(self.scheduler_config, name or self.config.default_scheduler)
+        sched = from_config(self.scheduler_config, name or self.config.default_scheduler)
+        if not sched.uses_betas:
+            raise InputError(f"{sched.class_name} is a flow-matching scheduler (Flux); this UNet predicts noise on a "
+                             f"DDPM schedule: choose one of {', '.join(ALIASES)}")
+        return sched
 
     def encode_prompt(self, prompts: list[str], negatives: list[str] | None) -> np.ndarray:
         """Text embeddings [B, S, D], or [2B, S, D] as [negative; positive] when `negatives` is given."""

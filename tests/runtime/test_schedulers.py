@@ -174,11 +174,12 @@ def test_matches_diffusers(cid: str) -> None:
 
 def test_every_scheduler_and_alias_is_covered() -> None:
     covered = {c["name"] for c in CASES.values()} | {c["diffusers_class"] for c in CASES.values()}
+    covered.add("FlowMatchEulerDiscreteScheduler")  # tests/runtime/test_flow_match.py (no DDPM schedule to share)
     assert set(ALIASES) <= covered and set(SCHEDULERS) <= covered
     assert set(available()) == set(ALIASES) | set(SCHEDULERS)
 
 
-@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("name", [n for n in available() if n != "FlowMatchEulerDiscreteScheduler"])
 def test_any_config_builds_any_scheduler(name: str) -> None:
     # the bundle keeps its own class's config; switching scheduler keeps the beta schedule
     for base in DOC["bases"].values():

@@ -18,13 +18,14 @@ from sdc.runtime.schedulers.ddim import DDIMScheduler
 from sdc.runtime.schedulers.dpmsolver_multistep import DPMSolverMultistepScheduler
 from sdc.runtime.schedulers.euler import EulerDiscreteScheduler
 from sdc.runtime.schedulers.euler_ancestral import EulerAncestralDiscreteScheduler
+from sdc.runtime.schedulers.flow_match import FlowMatchEulerDiscreteScheduler
 from sdc.runtime.schedulers.lcm import LCMScheduler
 from sdc.runtime.schedulers.pndm import PNDMScheduler
 from sdc.runtime.schedulers.unipc import UniPCMultistepScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {cls.class_name: cls for cls in (
     DDIMScheduler, PNDMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler,
-    DPMSolverMultistepScheduler, LCMScheduler, UniPCMultistepScheduler)}
+    DPMSolverMultistepScheduler, LCMScheduler, UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler)}
 
 # The DPM++ 2M aliases pin what makes them "2M" (and Karras or not) whatever the bundle's config says.
 _DPMPP_2M = dict(algorithm_type="dpmsolver++", solver_order=2, use_exponential_sigmas=False)

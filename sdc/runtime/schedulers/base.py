@@ -115,6 +115,7 @@ class Scheduler:
     order: ClassVar[int] = 1
     uses_begin_index: ClassVar[bool] = True  # diffusers class has set_begin_index (img2img uses it)
     missing_index_is_last: ClassVar[bool] = False  # unknown timestep: last index (multistep) or error
+    uses_betas: ClassVar[bool] = True  # a DDPM noise schedule (flow matching has none)
 
     def __init__(self, config: Mapping[str, Any] | None = None, *, path: str = DEFAULT_PATH, **overrides: Any):
         self.path = path
@@ -134,8 +135,9 @@ class Scheduler:
         self.extra_config: dict[str, Any] = {k: v for k, v in raw.items() if k not in self.defaults}
         self._normalize()
         self._validate()
-        self.betas = make_betas(cfg, path)
-        self.alphas_cumprod = cumprod_f32(np.float32(1.0) - self.betas)
+        if self.uses_betas:
+            self.betas = make_betas(cfg, path)
+            self.alphas_cumprod = cumprod_f32(np.float32(1.0) - self.betas)
         self.num_inference_steps: int | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
