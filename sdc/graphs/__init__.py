@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sdc.errors import ConfigError
 
-SUBMODELS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
+SUBMODELS = ("text_encoder", "text_encoder_2", "unet", "transformer", "vae_encoder", "vae_decoder")
 
 
 def folder_of(name: str) -> str:
@@ -35,6 +35,8 @@ def _parse_config(path: Path, name: str):
         return configs.load_clip_config(path)
     if name == "unet":
         return configs_unet.load_unet_config(path)
+    if name == "transformer":
+        return configs_flux.load_flux_config(path)
     return configs_unet.load_vae_config(path)
 
 
@@ -48,6 +50,8 @@ def build(name: str, cfg):
         from sdc.graphs.clip import CLIPTextModel as cls
     elif name == "unet":
         from sdc.graphs.unet import UNet2DConditionModel as cls
+    elif name == "transformer":
+        from sdc.graphs.flux import FluxTransformer2DModel as cls
     elif name == "vae_encoder":
         from sdc.graphs.vae import VaeEncoder as cls
     elif name == "vae_decoder":

@@ -63,3 +63,56 @@ def load_t5_config(path: Path) -> T5Config:
         activation=act,
         layer_norm_epsilon=r.get("layer_norm_epsilon", 1e-6, float),
     )
+
+
+@dataclass(frozen=True)
+class FluxConfig:
+    """FluxTransformer2DModel options (diffusers 0.42)."""
+
+    path: Path
+    patch_size: int
+    in_channels: int
+    out_channels: int
+    num_layers: int
+    num_single_layers: int
+    attention_head_dim: int
+    num_attention_heads: int
+    joint_attention_dim: int
+    pooled_projection_dim: int
+    guidance_embeds: bool
+    axes_dims_rope: tuple[int, ...]
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+
+def load_flux_config(path: Path) -> FluxConfig:
+    path = Path(path)
+    r = _Reader(path, read_json(path))
+    cls = r.get("_class_name", "FluxTransformer2DModel", str)
+    if cls != "FluxTransformer2DModel":
+        raise UnsupportedConfigError(path, "_class_name", cls, "FluxTransformer2DModel")
+    head_dim = r.get("attention_head_dim", 128, int)
+    axes = r.get("axes_dims_rope", [16, 56, 56], list)
+    if not all(isinstance(a, int) and a > 0 and a % 2 == 0 for a in axes) or sum(axes) != head_dim:
+        raise ConfigError(path, "axes_dims_rope", f"{axes}: expected even sizes that add up to attention_head_dim "
+                          f"{head_dim}")
+    patch = r.only("patch_size", (1,), 1, "patch_size 1 (Flux packs 2x2 latents into tokens itself)")
+    cin = r.get("in_channels", 64, int)
+    cfg = FluxConfig(
+        path=path,
+        patch_size=patch,
+        in_channels=cin,
+        out_channels=r.get("out_channels", None, int) or cin,
+        num_layers=r.get("num_layers", 19, int),
+        num_single_layers=r.get("num_single_layers", 38, int),
+        attention_head_dim=head_dim,
+        num_attention_heads=r.get("num_attention_heads", 24, int),
+        joint_attention_dim=r.get("joint_attention_dim", 4096, int),
+        pooled_projection_dim=r.get("pooled_projection_dim", 768, int),
+        guidance_embeds=bool(r.get("guidance_embeds", False, bool)),
+        axes_dims_rope=tuple(axes),
+    )
+    r.refuse_unknown()
+    return cfg
