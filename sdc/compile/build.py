@@ -19,7 +19,7 @@ from sdc.compile.context import BuildContext, BuildOptions, SubmodelBuild
 from sdc.compile.output import environment_error
 from sdc.errors import ConfigError, SdcError
 
-SD_SUBMODELS = ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
+SD_SUBMODELS = ("text_encoder", "text_encoder_2", "unet", "transformer", "vae_encoder", "vae_decoder")
 
 
 class Reporter:
@@ -118,6 +118,11 @@ def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), fo
     check_output(out, force)
     check_targets(options)
     index = load_model_index(model_dir)
+    if index.family == "flux" and any(p != "fp32" for p in options.precisions):
+        from sdc.errors import InputError
+
+        raise InputError("--precision: Flux bundles are fp32 only so far (calibration needs the runtime's Flux "
+                         "pipeline); build with --precision fp32")
     names = plan_submodels(model_dir, index, options)
     subs = {}
     # Parse every config first, checked against each other: a bad config fails before any slow work.

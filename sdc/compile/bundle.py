@@ -16,7 +16,7 @@ from sdc.runtime.bundle import (
 )
 
 DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}  # diffusers' defaults of each family's pipeline
+DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0, "flux": 3.5}  # diffusers' defaults of each family's pipeline
 
 
 def copy_assets(ctx: BuildContext) -> None:
@@ -39,17 +39,23 @@ def pipeline_config(ctx: BuildContext) -> dict:
     """Facts about the source the runtime pipeline needs (VAE scaling, latent geometry)."""
     from sdc.graphs import load_config
 
-    unet = load_config(ctx.model_dir, "unet")
     vae = load_config(ctx.model_dir, "vae_decoder")
+    if ctx.index.family == "flux":  # tokens of 2x2-packed latents; the latent grid must be even
+        tf = load_config(ctx.model_dir, "transformer")
+        in_ch, out_ch, sample, multiple = tf.in_channels, tf.out_channels, vae.sample_size // vae.downscale, 2
+    else:
+        unet = load_config(ctx.model_dir, "unet")
+        in_ch, out_ch, sample = unet.in_channels, unet.out_channels, unet.sample_size
+        multiple = 2 ** (len(unet.block_out_channels) - 1)
     return {
         "vae_scaling_factor": vae.scaling_factor,
         "vae_shift_factor": vae.shift_factor,
         "vae_downscale": vae.downscale,
         "latent_channels": vae.latent_channels,
-        "unet_in_channels": unet.in_channels,
-        "unet_out_channels": unet.out_channels,
-        "unet_sample_size": unet.sample_size,
-        "unet_latent_multiple": 2 ** (len(unet.block_out_channels) - 1),
+        "unet_in_channels": in_ch,  # the denoiser's (UNet, or Flux transformer per token)
+        "unet_out_channels": out_ch,
+        "unet_sample_size": sample,
+        "unet_latent_multiple": multiple,
         "vae_latents_mean": list(vae.latents_mean) if vae.latents_mean else None,
         "vae_latents_std": list(vae.latents_std) if vae.latents_std else None,
         "force_zeros_for_empty_prompt": ctx.index.force_zeros_for_empty_prompt,

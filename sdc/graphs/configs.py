@@ -20,11 +20,14 @@ SUPPORTED_PIPELINES = {
     "StableDiffusionInpaintPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusionXLImg2ImgPipeline": "sdxl",  # the refiner's class; a base saved as img2img too
+    "FluxPipeline": "flux",  # built and validated; the runtime's Flux pipeline is not there yet
+    "FluxImg2ImgPipeline": "flux",
 }
 # Components a pipeline folder must have, per family. An SDXL refiner has no `text_encoder`/`tokenizer`.
 REQUIRED_COMPONENTS = {
     "sd": ("text_encoder", "tokenizer", "unet", "vae", "scheduler"),
     "sdxl": ("text_encoder_2", "tokenizer_2", "unet", "vae", "scheduler"),
+    "flux": ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer", "vae", "scheduler"),
 }
 # Pipeline options of model_index.json that change what the pipeline computes (type-checked).
 PIPELINE_OPTIONS = {"force_zeros_for_empty_prompt": bool, "requires_aesthetics_score": bool}

@@ -37,7 +37,30 @@ def resolve_configs(model_dir: Path, index: ModelIndex, names: list[str]) -> dic
     cfgs = {n: load_config(model_dir, n) for n in dict.fromkeys(present + list(names))}
     if "unet" in cfgs:
         cfgs["unet"] = _check_unet(model_dir, index, cfgs)
+    if "transformer" in cfgs:
+        _check_flux(model_dir, cfgs)
     return {n: cfgs[n] for n in names}
+
+
+def _check_flux(model_dir: Path, cfgs: dict) -> None:
+    """The transformer reads T5's hidden states, CLIP's pooled output and 2x2-packed VAE latents."""
+    from sdc.graphs.configs_flux import T5Config
+
+    tf = cfgs["transformer"]
+    path = model_dir / "transformer" / "config.json"
+    t5, clip, vae = cfgs.get("text_encoder_2"), cfgs.get("text_encoder"), cfgs.get("vae_decoder")
+    if not isinstance(t5, T5Config):
+        raise ConfigError(model_dir / "text_encoder_2" / "config.json", "model_type",
+                          "Flux's text_encoder_2 must be a T5 encoder")
+    if tf.joint_attention_dim != t5.d_model:
+        raise ConfigError(path, "joint_attention_dim", f"{tf.joint_attention_dim} != text_encoder_2 d_model {t5.d_model}",
+                          "use the text encoders and transformer of one checkpoint")
+    if clip is not None and tf.pooled_projection_dim != clip.hidden_size:
+        raise ConfigError(path, "pooled_projection_dim", f"{tf.pooled_projection_dim} != text_encoder hidden_size "
+                          f"{clip.hidden_size}", "use the text encoders and transformer of one checkpoint")
+    if vae is not None and tf.in_channels != 4 * vae.latent_channels:
+        raise ConfigError(path, "in_channels", f"{tf.in_channels} != 4 x the VAE's {vae.latent_channels} latent "
+                          "channels (Flux packs 2x2 latent patches into tokens)", "use the VAE of this checkpoint")
 
 
 def _check_unet(model_dir: Path, index: ModelIndex, cfgs: dict):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sdc.graphs.configs import CLIPTextConfig
-from sdc.graphs.configs_flux import T5Config
+from sdc.graphs.configs_flux import FluxConfig, T5Config
 from sdc.graphs.configs_unet import UNetConfig, VAEConfig
 
 Dim = int | str
@@ -62,6 +62,8 @@ class SubmodelSpec:
         """Inputs of the given sizes with realistic value ranges (token ids, timesteps, images in [-1, 1])."""
         rng = np.random.default_rng(seed)
         out = {}
+        if self.name == "transformer":  # Flux: sigma-scale timesteps, real rotary tables for (0, row, col) ids
+            return self._flux_inputs(dims, rng)
         for t in self.inputs:
             shape = t.concrete(dims)
             if t.name == "input_ids":
@@ -75,6 +77,24 @@ class SubmodelSpec:
             else:
                 out[t.name] = rng.standard_normal(shape).astype(t.dtype)
         return out
+
+    def _flux_inputs(self, dims: dict[str, int], rng) -> dict[str, np.ndarray]:
+        from sdc.graphs.flux import rope_tables
+
+        out = {}
+        for t in self.inputs:
+            if t.name.startswith("rope_") or t.name in ("timestep", "guidance"):
+                continue
+            out[t.name] = rng.standard_normal(t.concrete(dims)).astype(np.float32)
+        n_img, n_txt, b = dims["image_tokens"], dims["text_tokens"], dims["batch"]
+        ids = np.zeros((n_txt + n_img, 3), np.float32)
+        cols = max(1, int(np.sqrt(n_img)))
+        ids[n_txt:, 1], ids[n_txt:, 2] = np.arange(n_img) // cols, np.arange(n_img) % cols
+        out["rope_cos"], out["rope_sin"] = rope_tables(ids, tuple(self.extra["axes_dims_rope"]))
+        out["timestep"] = rng.uniform(0.05, 1.0, b).astype(np.float32)
+        if any(t.name == "guidance" for t in self.inputs):
+            out["guidance"] = rng.uniform(1.0, 5.0, b).astype(np.float32)
+        return {t.name: out[t.name] for t in self.inputs}
 
     def to_json(self) -> dict:
         return {
@@ -184,7 +204,34 @@ def t5_spec(cfg: T5Config, name: str = "text_encoder_2") -> SubmodelSpec:
     )
 
 
+def transformer_spec(cfg: FluxConfig) -> SubmodelSpec:
+    """Flux's transformer over packed latent tokens; the rotary tables are inputs (see sdc.graphs.flux)."""
+    d = cfg.attention_head_dim
+    inputs = [
+        TensorSpec("hidden_states", "float32", ("batch", "image_tokens", cfg.in_channels)),
+        TensorSpec("encoder_hidden_states", "float32", ("batch", "text_tokens", cfg.joint_attention_dim)),
+        TensorSpec("pooled_projections", "float32", ("batch", cfg.pooled_projection_dim)),
+        TensorSpec("timestep", "float32", ("batch",)),
+        TensorSpec("rope_cos", "float32", ("tokens", d)),  # tokens = text_tokens + image_tokens
+        TensorSpec("rope_sin", "float32", ("tokens", d)),
+    ]
+    if cfg.guidance_embeds:
+        inputs.append(TensorSpec("guidance", "float32", ("batch",)))
+    return SubmodelSpec(
+        name="transformer",
+        inputs=tuple(inputs),
+        outputs=(TensorSpec("out_sample", "float32", ("batch", "image_tokens", cfg.out_channels)),),
+        atol=1e-4,
+        rtol=1e-4,
+        sample_dims=({"batch": 1, "image_tokens": 16, "text_tokens": 16, "tokens": 32},
+                     {"batch": 2, "image_tokens": 15, "text_tokens": 8, "tokens": 23}),
+        extra=dict(axes_dims_rope=cfg.axes_dims_rope),
+    )
+
+
 def spec_for(name: str, cfg) -> SubmodelSpec:
+    if isinstance(cfg, FluxConfig):
+        return transformer_spec(cfg)
     if isinstance(cfg, T5Config):
         return t5_spec(cfg, name)
     if name.startswith("text_encoder"):

@@ -22,7 +22,7 @@ from sdc.errors import BundleError
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NUMBER = (int, float)
 # source.family values whose pipeline sdc.runtime has (sd: 1.x / 2.x, sdxl: base and refiner).
-RUNTIME_FAMILIES = ("sd", "sdxl")
+RUNTIME_FAMILIES = ("sd", "sdxl", "flux")  # flux: built and verified; sdc.runtime.load refuses it for now
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
 
 
