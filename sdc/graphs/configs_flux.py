@@ -37,9 +37,8 @@ def load_t5_config(path: Path) -> T5Config:
     path = Path(path)
     r = _Reader(path, read_json(path))
     arch = r.get("architectures", ["T5EncoderModel"], list) or ["T5EncoderModel"]
-    if arch[0] not in ("T5EncoderModel", "T5Model", "T5ForConditionalGeneration", "UMT5EncoderModel"):
-        raise UnsupportedConfigError(path, "architectures", arch[0], "T5EncoderModel")
-    if arch[0] == "UMT5EncoderModel":  # per-layer relative biases: another computation
+    # (UMT5EncoderModel, with a relative bias per layer, is another computation: refused here too)
+    if arch[0] not in ("T5EncoderModel", "T5Model", "T5ForConditionalGeneration"):
         raise UnsupportedConfigError(path, "architectures", arch[0], "T5EncoderModel")
     ff = r.get("feed_forward_proj", "relu", str)
     if ff not in T5_FEED_FORWARD:

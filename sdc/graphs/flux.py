@@ -18,7 +18,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from sdc.graphs.configs_flux import FluxConfig
-from sdc.graphs.layers import TimestepEmbedding, timestep_features
+from sdc.graphs.layers import RMSNorm, TimestepEmbedding, gelu_tanh, timestep_features
 
 
 def rope_tables(ids: np.ndarray, axes_dim: tuple[int, ...], theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
@@ -33,26 +33,9 @@ def rope_tables(ids: np.ndarray, axes_dim: tuple[int, ...], theta: float = 10000
     return np.concatenate(cos_out, axis=-1), np.concatenate(sin_out, axis=-1)
 
 
-def gelu_tanh(x: paddle.Tensor) -> paddle.Tensor:
-    """nn.GELU(approximate="tanh") written out (paddle2onnx exports F.gelu(approximate=True) as the erf form)."""
-    return 0.5 * x * (1.0 + paddle.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * paddle.pow(x, 3.0))))
-
-
 def layer_norm(x: paddle.Tensor, eps: float = 1e-6) -> paddle.Tensor:
     """LayerNorm without affine parameters (diffusers' elementwise_affine=False)."""
     return F.layer_norm(x, x.shape[-1:], epsilon=eps)
-
-
-class RMSNorm(nn.Layer):
-    """torch.nn.RMSNorm over the last axis: x * rsqrt(mean(x^2) + eps) * weight."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = self.create_parameter([dim], default_initializer=nn.initializer.Constant(1.0))
-        self.eps = eps
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return x * paddle.rsqrt(x.pow(2).mean(axis=-1, keepdim=True) + self.eps) * self.weight
 
 
 def apply_rope(x: paddle.Tensor, cos: paddle.Tensor, sin: paddle.Tensor) -> paddle.Tensor:

@@ -109,3 +109,23 @@ class TimestepEmbedding(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class RMSNorm(nn.Layer):
+    """Root-mean-square norm over the last axis, x * rsqrt(mean(x^2) + eps) * weight, the mean taken in
+    float32: transformers' T5LayerNorm and torch.nn.RMSNorm (Flux's q/k norms) alike."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = self.create_parameter([dim], default_initializer=nn.initializer.Constant(1.0))
+        self.eps = eps
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        variance = x.astype("float32").pow(2).mean(axis=-1, keepdim=True)
+        return self.weight * (x * paddle.rsqrt(variance + self.eps)).astype(self.weight.dtype)
+
+
+def gelu_tanh(x: paddle.Tensor) -> paddle.Tensor:
+    """GELU's tanh form (torch's approximate="tanh", transformers' gelu_new) written out: paddle2onnx 2.1
+    (opset 17) exports F.gelu(approximate=True) as the exact erf GELU (1e-3 off on the T5 fixture)."""
+    return 0.5 * x * (1.0 + paddle.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * paddle.pow(x, 3.0))))

@@ -21,19 +21,7 @@ import paddle.nn.functional as F
 from paddle import nn
 
 from sdc.graphs.configs_flux import T5Config
-
-
-class T5LayerNorm(nn.Layer):
-    """x * rsqrt(mean(x^2) + eps) * weight (Root Mean Square norm, computed in float32)."""
-
-    def __init__(self, d_model: int, eps: float):
-        super().__init__()
-        self.weight = self.create_parameter([d_model], default_initializer=nn.initializer.Constant(1.0))
-        self.eps = eps
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        variance = x.astype("float32").pow(2).mean(axis=-1, keepdim=True)
-        return self.weight * (x * paddle.rsqrt(variance + self.eps)).astype(self.weight.dtype)
+from sdc.graphs.layers import RMSNorm, gelu_tanh
 
 
 def bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
@@ -95,7 +83,7 @@ class T5LayerSelfAttention(nn.Layer):
     def __init__(self, cfg: T5Config, has_bias: bool):
         super().__init__()
         self.SelfAttention = T5Attention(cfg, has_bias)
-        self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
     def forward(self, x: paddle.Tensor, bias: paddle.Tensor) -> paddle.Tensor:
         return x + self.SelfAttention(self.layer_norm(x), bias)
@@ -115,11 +103,7 @@ class T5DenseReluDense(nn.Layer):
         self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias_attr=False)
 
     def _act(self, x: paddle.Tensor) -> paddle.Tensor:
-        if self.activation == "gelu_new":
-            # transformers' NewGELUActivation, written out: paddle2onnx (2.1, opset 17) exports
-            # F.gelu(approximate=True) as the exact erf GELU (1e-3 off on the T5 fixture).
-            return 0.5 * x * (1.0 + paddle.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * paddle.pow(x, 3.0))))
-        return F.relu(x)
+        return gelu_tanh(x) if self.activation == "gelu_new" else F.relu(x)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         h = self._act(self.wi_0(x)) * self.wi_1(x) if self.gated else self._act(self.wi(x))
@@ -130,7 +114,7 @@ class T5LayerFF(nn.Layer):
     def __init__(self, cfg: T5Config):
         super().__init__()
         self.DenseReluDense = T5DenseReluDense(cfg)
-        self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return x + self.DenseReluDense(self.layer_norm(x))
@@ -149,7 +133,7 @@ class T5Stack(nn.Layer):
     def __init__(self, cfg: T5Config):
         super().__init__()
         self.block = nn.LayerList([T5Block(cfg, i == 0) for i in range(cfg.num_layers)])
-        self.final_layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
 
 class T5EncoderModel(nn.Layer):

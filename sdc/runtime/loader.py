@@ -71,14 +71,19 @@ def open_model(root: Path, manifest: dict, name: str, providers: list[str], targ
     return OnnxModel(safe_join(Path(root), art["path"]), sub, providers, threads=threads), art
 
 
+def check_generates(family: str) -> None:
+    """Refuse, with one line, a family sdc builds but cannot yet generate with."""
+    if family == "flux":
+        raise InputError("this is a Flux bundle: sdc builds and verifies Flux bundles, but the runtime's Flux "
+                         "pipeline is not written yet; its submodels load with sdc.runtime.models.OnnxModel")
+
+
 def make_pipeline(family: str, models: dict, tokenizers: dict, scheduler_config: dict, config):
     """The runtime pipeline of a family ("sd" or "sdxl") over `models`; tokenizers by encoder name."""
     from sdc.runtime.pipeline import StableDiffusionPipeline
     from sdc.runtime.pipeline_xl import StableDiffusionXLPipeline
 
-    if family == "flux":
-        raise InputError("this is a Flux bundle: sdc builds and verifies Flux bundles, but the runtime's Flux "
-                         "pipeline is not written yet (issue 10); its submodels load with sdc.runtime.models.OnnxModel")
+    check_generates(family)
     if family == "sdxl":
         return StableDiffusionXLPipeline(models, tokenizers, scheduler_config, config)
     return StableDiffusionPipeline(models, tokenizers.get("text_encoder"), scheduler_config, config)
@@ -102,8 +107,7 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     if verify not in VERIFY_MODES:
         raise InputError(f"verify={verify!r}: choose one of {', '.join(VERIFY_MODES)}")
     manifest = read_manifest(root)
-    if manifest["source"]["family"] == "flux":
-        make_pipeline("flux", {}, {}, {}, None)  # refuses, saying why
+    check_generates(manifest["source"]["family"])  # before any session opens
     if verify != "none":
         verify_files(root, manifest, full=verify == "full")
     providers = resolve_providers(provider)

@@ -108,10 +108,35 @@ def _prompts(prompt: str | Sequence[str], negative: str | Sequence[str] | None) 
     return prompts, negatives
 
 
+def rescale_noise_cfg(noise_cfg: np.ndarray, noise_pred_text: np.ndarray, guidance_rescale: float) -> np.ndarray:
+    """diffusers' `rescale_noise_cfg` (Lin et al. 2023, section 3.4): match the text prediction's std per sample."""
+    axes = tuple(range(1, noise_cfg.ndim))
+    std_text = noise_pred_text.std(axis=axes, keepdims=True, ddof=1)  # torch.std is unbiased
+    std_cfg = noise_cfg.std(axis=axes, keepdims=True, ddof=1)
+    rescaled = noise_cfg * (std_text / std_cfg)
+    return (guidance_rescale * rescaled + (1.0 - guidance_rescale) * noise_cfg).astype(np.float32)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _check_call(c: PipelineConfig, output_type: str, seed: Any, image: Any, latents: Any, height: Any,
+                width: Any) -> None:
+    """The argument checks every pipeline's __call__ shares."""
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise InputError(f"seed must be a non-negative integer or None, got {seed!r}")
+    if image is not None and latents is not None:
+        raise InputError("pass either latents (text-to-image) or image (image-to-image), not both")
+    for name, value in (("height", height), ("width", width)):
+        # diffusers checks 8; this is the VAE downscale factor (8 for SD). The UNet needs no larger
+        # multiple: like diffusers' it resizes odd-sized skip connections on the way up.
+        if value is not None and (_check_int(name, value, 1) % c.vae_scale_factor):
+            raise InputError(f"{name} must be a multiple of {c.vae_scale_factor}, got {value}")
 
 
 class StableDiffusionPipeline:
@@ -166,11 +191,23 @@ class StableDiffusionPipeline:
         # One encoder call for both halves: CLIP rows are independent, so this equals two calls.
         return np.asarray(self._run("text_encoder", input_ids=ids)["last_hidden_state"], dtype=np.float32)
 
+    def _latent_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-channel (mean, std) [1, C, 1, 1] of VAEs that carry them (some SDXL-family VAEs), else None."""
+        c = self.config
+        if c.latents_mean is None or c.latents_std is None:
+            return None
+        return (np.asarray(c.latents_mean, np.float32).reshape(1, -1, 1, 1),
+                np.asarray(c.latents_std, np.float32).reshape(1, -1, 1, 1))
+
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """Latents -> NHWC float32 images in [0, 1]."""
-        z = latents / self.config.scaling_factor
-        if self.config.shift_factor is not None:
-            z = z + self.config.shift_factor
+        stats = self._latent_stats()
+        if stats is not None:
+            z = latents * stats[1] / np.float32(self.config.scaling_factor) + stats[0]
+        else:
+            z = latents / self.config.scaling_factor
+            if self.config.shift_factor is not None:
+                z = z + self.config.shift_factor
         sample = self._run("vae_decoder", latent_sample=z.astype(np.float32))["sample"]
         return np.clip(np.asarray(sample, dtype=np.float32) / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
 
@@ -182,6 +219,9 @@ class StableDiffusionPipeline:
         mean, logvar = np.split(params, 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
         latents = mean + std * randn(rng, mean.shape)
+        stats = self._latent_stats()
+        if stats is not None:
+            return ((latents - stats[0]) * np.float32(self.config.scaling_factor) / stats[1]).astype(np.float32)
         if self.config.shift_factor is not None:
             latents = latents - self.config.shift_factor
         return (latents * self.config.scaling_factor).astype(np.float32)
@@ -225,21 +265,11 @@ class StableDiffusionPipeline:
         prompts, negatives = _prompts(prompt, negative_prompt)
         steps = _check_int("num_inference_steps", num_inference_steps, 1)
         per_prompt = _check_int("num_images_per_prompt", num_images_per_prompt, 1)
-        if output_type not in OUTPUT_TYPES:
-            raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        _check_call(c, output_type, seed, image, latents, height, width)
         if not isinstance(guidance_scale, (int, float, np.number)) or not np.isfinite(guidance_scale) or guidance_scale < 0:
             raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise InputError(f"seed must be a non-negative integer or None, got {seed!r}")
-        if image is not None and latents is not None:
-            raise InputError("pass either latents (text-to-image) or image (image-to-image), not both")
         if image is not None and not (isinstance(strength, (int, float, np.number)) and 0.0 < strength <= 1.0):
             raise InputError(f"strength must be in (0, 1], got {strength!r}")
-        for name, value in (("height", height), ("width", width)):
-            # diffusers checks 8; this is the VAE downscale factor (8 for SD). The UNet needs no larger
-            # multiple: like diffusers' it resizes odd-sized skip connections on the way up.
-            if value is not None and (_check_int(name, value, 1) % c.vae_scale_factor):
-                raise InputError(f"{name} must be a multiple of {c.vae_scale_factor}, got {value}")
 
         batch = len(prompts) * per_prompt
         init = None
@@ -281,22 +311,39 @@ class StableDiffusionPipeline:
         # num_images_per_prompt copies sit next to each other: [p0, p0, p1, p1], as in diffusers.
         embeds = np.repeat(embeds, per_prompt, axis=0)
 
+        latents = self._denoise(sched, timesteps, latents, batch, do_cfg, guidance_scale, rng, callback,
+                                encoder_hidden_states=embeds)
+        return self._output(latents, output_type, t_start)
+
+    def _denoise(self, sched, timesteps: np.ndarray, latents: np.ndarray, batch: int, do_cfg: bool,
+                 guidance_scale: float, rng: np.random.Generator, callback: StepCallback | None,
+                 guidance_rescale: float = 0.0, **conditioning: np.ndarray) -> np.ndarray:
+        """The denoising loop: the UNet on [uncond; cond] (with guidance) and the scheduler's steps.
+
+        `conditioning`: the UNet inputs besides sample and timestep (encoder_hidden_states, and SDXL's
+        text_embeds and time_ids), already doubled for guidance.
+        """
         t_loop = time.perf_counter()
         for i, t in enumerate(timesteps):
             model_input = np.concatenate([latents, latents]) if do_cfg else latents
             model_input = np.asarray(sched.scale_model_input(model_input, t), dtype=np.float32)
             tt = np.full((model_input.shape[0],), t, dtype=np.float32)
-            pred = np.asarray(self._run("unet", sample=model_input, timestep=tt, encoder_hidden_states=embeds)
-                              ["out_sample"], dtype=np.float32)
+            pred = np.asarray(self._run("unet", sample=model_input, timestep=tt, **conditioning)["out_sample"],
+                              dtype=np.float32)
             if do_cfg:
                 uncond, cond = pred[:batch], pred[batch:]
                 pred = uncond + np.float32(guidance_scale) * (cond - uncond)
+                if guidance_rescale > 0.0:
+                    pred = rescale_noise_cfg(pred, cond, float(guidance_rescale))
             noise = randn(rng, sched.step_noise_shape(latents)) if sched.needs_noise else None
             latents = np.asarray(sched.step(pred, t, latents, noise=noise), dtype=np.float32)
             if callback is not None:
                 callback(i + 1, len(timesteps), float(t), latents)
         self.last_timings["denoise_loop"] = time.perf_counter() - t_loop
+        return latents
 
+    def _output(self, latents: np.ndarray, output_type: str, t_start: float):
+        """Latents as asked for (latent, np or pil); records the call's total time."""
         if output_type == "latent":
             result: Any = latents
         else:

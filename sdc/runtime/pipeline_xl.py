@@ -25,20 +25,11 @@ from typing import Any
 import numpy as np
 
 from sdc.errors import InputError
-from sdc.runtime.pipeline import (OUTPUT_TYPES, Model, PipelineConfig, StableDiffusionPipeline, StepCallback,
-                                  _check_int, _prompts, randn)
-from sdc.runtime.pipeline_images import preprocess, to_pil
+from sdc.runtime.pipeline import (Model, PipelineConfig, StableDiffusionPipeline, StepCallback,
+                                  _check_call, _check_int, _prompts, randn)
+from sdc.runtime.pipeline_images import preprocess
 
 Size = tuple[int, int]
-
-
-def rescale_noise_cfg(noise_cfg: np.ndarray, noise_pred_text: np.ndarray, guidance_rescale: float) -> np.ndarray:
-    """diffusers' `rescale_noise_cfg` (Lin et al. 2023, section 3.4): match the text prediction's std per sample."""
-    axes = tuple(range(1, noise_cfg.ndim))
-    std_text = noise_pred_text.std(axis=axes, keepdims=True, ddof=1)  # torch.std is unbiased
-    std_cfg = noise_cfg.std(axis=axes, keepdims=True, ddof=1)
-    rescaled = noise_cfg * (std_text / std_cfg)
-    return (guidance_rescale * rescaled + (1.0 - guidance_rescale) * noise_cfg).astype(np.float32)
 
 
 def _fraction(name: str, value: Any) -> float | None:
@@ -120,31 +111,6 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
             raise InputError("SDXL needs a text encoder with projection (text_embeds) for the pooled embedding")
         return np.concatenate(hidden, axis=-1), pooled
 
-    def _latents_to_vae(self, latents: np.ndarray) -> np.ndarray:
-        c = self.config
-        if c.latents_mean is not None and c.latents_std is not None:
-            mean = np.asarray(c.latents_mean, np.float32).reshape(1, -1, 1, 1)
-            std = np.asarray(c.latents_std, np.float32).reshape(1, -1, 1, 1)
-            return latents * std / np.float32(c.scaling_factor) + mean
-        return latents / np.float32(c.scaling_factor)
-
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-        sample = self._run("vae_decoder", latent_sample=self._latents_to_vae(latents).astype(np.float32))["sample"]
-        return np.clip(np.asarray(sample, dtype=np.float32) / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
-
-    def encode_image(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if "vae_encoder" not in self.models:
-            raise InputError("image-to-image needs a vae_encoder, which this model does not have")
-        params = np.asarray(self._run("vae_encoder", sample=image)["latent_parameters"], dtype=np.float32)
-        mean, logvar = np.split(params, 2, axis=1)
-        z = mean + np.exp(0.5 * np.clip(logvar, -30.0, 20.0)) * randn(rng, mean.shape)
-        c = self.config
-        if c.latents_mean is not None and c.latents_std is not None:
-            m = np.asarray(c.latents_mean, np.float32).reshape(1, -1, 1, 1)
-            s = np.asarray(c.latents_std, np.float32).reshape(1, -1, 1, 1)
-            return ((z - m) * np.float32(c.scaling_factor) / s).astype(np.float32)
-        return (z * np.float32(c.scaling_factor)).astype(np.float32)
-
     def _time_ids(self, img2img: bool, do_cfg: bool, batch: int, original: Size, crops: Size, target: Size,
                   neg_original: Size | None, neg_crops: Size, neg_target: Size | None, aesthetic: float,
                   neg_aesthetic: float) -> np.ndarray:
@@ -224,13 +190,10 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         negatives_2 = _second("negative_prompt_2", negative_prompt_2, len(prompts)) or negatives
         steps = _check_int("num_inference_steps", num_inference_steps, 1)
         per_prompt = _check_int("num_images_per_prompt", num_images_per_prompt, 1)
-        if output_type not in OUTPUT_TYPES:
-            raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        _check_call(c, output_type, seed, image, latents, height, width)
         for name, value in (("guidance_scale", guidance_scale), ("guidance_rescale", guidance_rescale)):
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise InputError(f"seed must be a non-negative integer or None, got {seed!r}")
         start, end = _fraction("denoising_start", denoising_start), _fraction("denoising_end", denoising_end)
         if start is not None and end is not None and start >= end:
             raise InputError(f"denoising_start {start} must be below denoising_end {end}")
@@ -240,14 +203,9 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
                              "--refiner THIS), or use a base model")
         if image is None and start is not None:
             raise InputError("denoising_start needs an image to continue from (the base's latents)")
-        if image is not None and latents is not None:
-            raise InputError("pass either latents (text-to-image) or image (image-to-image), not both")
         if image is not None and start is None and not (isinstance(strength, (int, float, np.number))
                                                           and 0.0 < strength <= 1.0):
             raise InputError(f"strength must be in (0, 1], got {strength!r}")
-        for name, value in (("height", height), ("width", width)):
-            if value is not None and (_check_int(name, value, 1) % c.vae_scale_factor):
-                raise InputError(f"{name} must be a multiple of {c.vae_scale_factor}, got {value}")
         crops = _size("crops_coords_top_left", crops_coords_top_left, (0, 0))
         neg_crops = _size("negative_crops_coords_top_left", negative_crops_coords_top_left, (0, 0))
         neg_original = _size("negative_original_size", negative_original_size, None)
@@ -313,28 +271,7 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         time_ids = self._time_ids(image is not None, do_cfg, batch, original, crops, target, neg_original, neg_crops,
                                   neg_target, aesthetic, neg_aesthetic)
 
-        t_loop = time.perf_counter()
-        for i, t in enumerate(timesteps):
-            model_input = np.concatenate([latents, latents]) if do_cfg else latents
-            model_input = np.asarray(sched.scale_model_input(model_input, t), dtype=np.float32)
-            tt = np.full((model_input.shape[0],), t, dtype=np.float32)
-            pred = np.asarray(self._run("unet", sample=model_input, timestep=tt, encoder_hidden_states=embeds,
-                                        text_embeds=pooled, time_ids=time_ids)["out_sample"], dtype=np.float32)
-            if do_cfg:
-                uncond, cond = pred[:batch], pred[batch:]
-                pred = uncond + np.float32(guidance_scale) * (cond - uncond)
-                if guidance_rescale > 0.0:
-                    pred = rescale_noise_cfg(pred, cond, float(guidance_rescale))
-            noise = randn(rng, sched.step_noise_shape(latents)) if sched.needs_noise else None
-            latents = np.asarray(sched.step(pred, t, latents, noise=noise), dtype=np.float32)
-            if callback is not None:
-                callback(i + 1, len(timesteps), float(t), latents)
-        self.last_timings["denoise_loop"] = time.perf_counter() - t_loop
-
-        if output_type == "latent":
-            result: Any = latents
-        else:
-            images = self.decode_latents(latents)
-            result = images if output_type == "np" else to_pil(images)
-        self.last_timings["total"] = time.perf_counter() - t_start
-        return result
+        latents = self._denoise(sched, timesteps, latents, batch, do_cfg, guidance_scale, rng, callback,
+                                guidance_rescale=float(guidance_rescale), encoder_hidden_states=embeds,
+                                text_embeds=pooled, time_ids=time_ids)
+        return self._output(latents, output_type, t_start)

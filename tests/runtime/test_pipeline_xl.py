@@ -122,7 +122,7 @@ def test_refiner_cannot_start_from_noise() -> None:
 
 
 def test_rescale_noise_cfg_matches_formula() -> None:
-    from sdc.runtime.pipeline_xl import rescale_noise_cfg
+    from sdc.runtime.pipeline import rescale_noise_cfg
 
     rng = np.random.default_rng(0)
     cfg, text = rng.standard_normal((2, 4, 3, 5)).astype(np.float32), rng.standard_normal((2, 4, 3, 5)).astype(np.float32)
