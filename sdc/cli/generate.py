@@ -10,7 +10,11 @@ import typer
 
 from sdc.cli.app import BundleArg, PrecisionOpt, ProviderOpt, TargetOpt, app, describe_artifacts, finish, stderr_console
 
-XL = "SDXL"  # help panel of the SDXL-only options
+XL = "SDXL"  # help panels of the family options
+FLUX = "Flux"
+# which families take each family option (keyword of the pipeline call -> families)
+FAMILY_OPTIONS = {"prompt_2": ("sdxl", "flux"), "negative_prompt_2": ("sdxl", "flux"), "true_cfg_scale": ("flux",),
+                  "max_sequence_length": ("flux",)}
 
 
 @app.command()
@@ -20,20 +24,20 @@ def generate(
     out: Annotated[Path, typer.Option("-o", "--out", help="PNG file to write.")] = Path("out.png"),
     negative: Annotated[Optional[str], typer.Option("--negative", help="Negative prompt (SDXL: none given means zero negative embeddings when the model asks for them).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Inference steps (bundle default).")] = None,
-    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale.")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Guidance scale: classifier-free (SD, SDXL), or the guidance embedding's input (Flux dev).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (numpy).")] = None,
-    height: Annotated[Optional[int], typer.Option("--height", help="Image height, a multiple of 8.")] = None,
-    width: Annotated[Optional[int], typer.Option("--width", help="Image width, a multiple of 8.")] = None,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm, unipc, or a diffusers class name.")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", help="Image height, a multiple of 8 (Flux: 16).")] = None,
+    width: Annotated[Optional[int], typer.Option("--width", help="Image width, a multiple of 8 (Flux: 16).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm, unipc, or a diffusers class name (Flux: its flow-matching scheduler only).")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", help="Init image for image-to-image.")] = None,
-    strength: Annotated[Optional[float], typer.Option("--strength", help="Image-to-image strength in (0, 1]; default 0.8 (SD), 0.3 (SDXL).")] = None,
-    latents: Annotated[Optional[Path], typer.Option("--latents", help="Initial latents (.npy) for exact reproduction.")] = None,
+    strength: Annotated[Optional[float], typer.Option("--strength", help="Image-to-image strength in (0, 1]; default 0.8 (SD), 0.3 (SDXL), 0.6 (Flux).")] = None,
+    latents: Annotated[Optional[Path], typer.Option("--latents", help="Initial latents (.npy) for exact reproduction (Flux: packed, as diffusers takes them).")] = None,
     provider: ProviderOpt = "auto",
     precision: PrecisionOpt = None,
     target: TargetOpt = None,
     verify: Annotated[str, typer.Option("--verify", help="Checksum check on load: full (every byte), sizes (fast), none.")] = "full",
-    prompt_2: Annotated[Optional[str], typer.Option("--prompt-2", help="SDXL: prompt for the second text encoder (default: the prompt).", rich_help_panel=XL)] = None,
-    negative_2: Annotated[Optional[str], typer.Option("--negative-2", help="SDXL: negative prompt for the second text encoder.", rich_help_panel=XL)] = None,
+    prompt_2: Annotated[Optional[str], typer.Option("--prompt-2", help="SDXL, Flux: prompt for the second text encoder (default: the prompt; Flux: T5).", rich_help_panel=XL)] = None,
+    negative_2: Annotated[Optional[str], typer.Option("--negative-2", help="SDXL, Flux: negative prompt for the second text encoder.", rich_help_panel=XL)] = None,
     guidance_rescale: Annotated[Optional[float], typer.Option("--guidance-rescale", help="SDXL: rescale the guided prediction's std towards the prompt's (0 = off, 0.7 typical).", rich_help_panel=XL)] = None,
     original_size: Annotated[Optional[str], typer.Option("--original-size", help="SDXL time id: the size the model should believe the source had, HxW (default: the output size).", rich_help_panel=XL)] = None,
     crop: Annotated[Optional[str], typer.Option("--crop", help="SDXL time id: crop top-left corner, TOP,LEFT (default 0,0).", rich_help_panel=XL)] = None,
@@ -46,11 +50,14 @@ def generate(
     denoising_start: Annotated[Optional[float], typer.Option("--denoising-start", help="SDXL: start at this fraction of the schedule (a refiner taking over; needs --image).", rich_help_panel=XL)] = None,
     refiner: Annotated[Optional[Path], typer.Option("--refiner", help="SDXL: a refiner bundle that finishes the base's latents (ensemble of expert denoisers).", rich_help_panel=XL)] = None,
     handover: Annotated[float, typer.Option("--handover", help="SDXL with --refiner: fraction of the schedule the base runs before the refiner takes over.", rich_help_panel=XL)] = 0.8,
+    true_cfg: Annotated[Optional[float], typer.Option("--true-cfg", help="Flux: true classifier-free guidance scale; above 1 with --negative, two transformer passes per step (default 1: off).", rich_help_panel=FLUX)] = None,
+    max_sequence_length: Annotated[Optional[int], typer.Option("--max-sequence-length", help="Flux: T5 tokens the prompt is padded or cut to (default 512; schnell checkpoints use 256).", rich_help_panel=FLUX)] = None,
 ) -> None:
     """Generate an image from a bundle (ONNX Runtime; Paddle is not needed).
 
     SDXL bundles take the options under "SDXL"; with --refiner the base runs the first --handover of
     the schedule and a refiner bundle the rest, as diffusers' base + refiner pipelines do.
+    Flux bundles take --prompt-2 / --negative-2 (T5) and the options under "Flux".
     """
     import numpy as np
 
@@ -67,11 +74,15 @@ def generate(
               negative_target_size=_pair("--negative-target-size", negative_target_size, "x"),
               aesthetic_score=aesthetic_score, negative_aesthetic_score=negative_aesthetic_score,
               denoising_end=denoising_end, denoising_start=denoising_start)
+    xl.update(true_cfg_scale=true_cfg, max_sequence_length=max_sequence_length)
     xl = {k: v for k, v in xl.items() if v is not None}
-    is_xl = pipe.manifest["source"]["family"] == "sdxl"
-    if (xl or refiner) and not is_xl:
-        flags = ", ".join(f"--{k.replace('_', '-')}" for k in xl) or "--refiner"
-        raise InputError(f"{flags}: SDXL options, and {bundle} is a {pipe.manifest['source']['pipeline_class']} bundle")
+    family = pipe.manifest["source"]["family"]
+    wrong = [k for k in xl if family not in FAMILY_OPTIONS.get(k, ("sdxl",))] + (["refiner"] if refiner and family != "sdxl" else [])
+    if wrong:
+        flags = ", ".join(FLAG_NAMES.get(k, f"--{k.replace('_', '-')}") for k in wrong)
+        takes = sorted({f for k in wrong for f in FAMILY_OPTIONS.get(k, ("sdxl",))})
+        raise InputError(f"{flags}: options for {' and '.join(f.upper() if f == 'sdxl' else f.title() for f in takes)} "
+                         f"bundles, and {bundle} is a {pipe.manifest['source']['pipeline_class']} bundle")
     init = None
     if image is not None:
         from PIL import Image
@@ -96,6 +107,10 @@ def generate(
                                    latents=str(latents) if latents else None, image=str(image) if image else None))
     finish(True, t0, f"wrote {out}: {images[0].width}x{images[0].height}, {pipe.precision}"
                      f"{f', refined by {refiner.name} from {handover:.0%} of the schedule' if refiner else ''}")
+
+
+# pipeline keywords whose flag is not the keyword with dashes
+FLAG_NAMES = {"negative_prompt_2": "--negative-2", "crops_coords_top_left": "--crop", "true_cfg_scale": "--true-cfg"}
 
 
 def _run(pipe, label: str, **kwargs):

@@ -82,6 +82,16 @@ def plan_submodels(model_dir: Path, index, options: BuildOptions) -> list[str]:
     return list(options.submodels)
 
 
+def check_tokenizers(model_dir: Path, family: str, names: list[str]) -> None:
+    """Read each text encoder's tokenizer as the runtime will: a bundle that cannot tokenize is not built."""
+    from sdc.runtime.bundle import TOKENIZER_DIRS
+    from sdc.runtime.loader import tokenizer_class
+
+    for name in names:
+        if name in TOKENIZER_DIRS:
+            tokenizer_class(family, name).from_folder(model_dir / TOKENIZER_DIRS[name])
+
+
 def check_targets(options: BuildOptions) -> None:
     """Every artifact is validated before it ships, so a target whose graph this machine cannot run is refused."""
     from sdc.compile.validate import validation_providers
@@ -128,6 +138,7 @@ def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), fo
     # Parse every config first, checked against each other: a bad config fails before any slow work.
     for name, cfg in resolve_configs(model_dir, index, names).items():
         subs[name] = SubmodelBuild(name, spec_for(name, cfg), cfg)
+    check_tokenizers(model_dir, index.family, names)
     weight_files = sorted({f for n in names for f in find_weight_files(model_dir / folder_of(n), options.allow_pickle)})
 
     import paddle  # only now: every check that can fail fast has run

@@ -40,9 +40,11 @@ def pipeline_config(ctx: BuildContext) -> dict:
     from sdc.graphs import load_config
 
     vae = load_config(ctx.model_dir, "vae_decoder")
+    flux = {}
     if ctx.index.family == "flux":  # tokens of 2x2-packed latents; the latent grid must be even
         tf = load_config(ctx.model_dir, "transformer")
         in_ch, out_ch, sample, multiple = tf.in_channels, tf.out_channels, vae.sample_size // vae.downscale, 2
+        flux = {"guidance_embeds": tf.guidance_embeds, "rope_axes_dims": list(tf.axes_dims_rope)}
     else:
         unet = load_config(ctx.model_dir, "unet")
         in_ch, out_ch, sample = unet.in_channels, unet.out_channels, unet.sample_size
@@ -60,6 +62,7 @@ def pipeline_config(ctx: BuildContext) -> dict:
         "vae_latents_std": list(vae.latents_std) if vae.latents_std else None,
         "force_zeros_for_empty_prompt": ctx.index.force_zeros_for_empty_prompt,
         "requires_aesthetics_score": ctx.index.requires_aesthetics_score,
+        **flux,
     }
 
 

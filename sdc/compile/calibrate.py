@@ -150,11 +150,9 @@ def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict],
 
     from sdc.compile.ranges import Ranges, observed_session
     from sdc.graphs.configs import load_model_index, read_json
-    from sdc.runtime.bundle import TOKENIZER_DIRS
-    from sdc.runtime.loader import make_pipeline
+    from sdc.runtime.loader import load_tokenizers, make_pipeline
     from sdc.runtime.models import OnnxModel
     from sdc.runtime.pipeline import PipelineConfig
-    from sdc.runtime.tokenizer import CLIPTokenizer
 
     t0 = time.perf_counter()
     prompts, sha, label = read_prompts(prompts_file)
@@ -176,7 +174,7 @@ def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict],
             session, extra = OnnxModel(p, specs[n], ["CPUExecutionProvider"]).session, []
         models[n] = _Recorder(session, outputs, extra, stores[n], ranges.get(n))
     config = PipelineConfig.from_diffusers(model_dir)
-    tokenizers = {n: CLIPTokenizer.from_folder(model_dir / t) for n, t in TOKENIZER_DIRS.items() if n in models}
+    tokenizers = load_tokenizers(model_dir, index.family, models)
     pipe = make_pipeline(index.family, models, tokenizers, read_json(model_dir / "scheduler" / "scheduler_config.json"),
                          config)
     # A refiner refines: its runs start from a procedural picture (strength REFINER_STRENGTH), not from noise.

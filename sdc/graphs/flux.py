@@ -2,7 +2,7 @@
 
 Parameter names are diffusers' state-dict names. The rotary tables are inputs (`rope_cos`, `rope_sin`,
 [text + image tokens, head_dim]): diffusers builds them from the (0, row, column) ids in float64, and
-the runtime does the same in numpy (`rope_tables`), so the graph holds no float64 and no trigonometry
+the runtime does the same in numpy (`sdc.runtime.rope.rope_tables`), so the graph holds no float64 and no trigonometry
 of large positions. `forward(hidden_states, encoder_hidden_states, pooled_projections, timestep,
 rope_cos, rope_sin[, guidance]) -> out_sample`; `timestep` and `guidance` are diffusers' inputs (sigma,
 and the guidance scale), multiplied by 1000 inside as diffusers does.
@@ -12,25 +12,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
 from sdc.graphs.configs_flux import FluxConfig
 from sdc.graphs.layers import RMSNorm, TimestepEmbedding, gelu_tanh, timestep_features
-
-
-def rope_tables(ids: np.ndarray, axes_dim: tuple[int, ...], theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin) [tokens, sum(axes_dim)] float32 from ids [tokens, axes], as diffusers' FluxPosEmbed (float64)."""
-    cos_out, sin_out = [], []
-    pos = ids.astype(np.float32).astype(np.float64)  # diffusers: ids.float(), then float64 frequencies
-    for i, dim in enumerate(axes_dim):
-        freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64)[: dim // 2] / dim))
-        angles = np.outer(pos[:, i], freqs)
-        cos_out.append(np.repeat(np.cos(angles), 2, axis=1).astype(np.float32))
-        sin_out.append(np.repeat(np.sin(angles), 2, axis=1).astype(np.float32))
-    return np.concatenate(cos_out, axis=-1), np.concatenate(sin_out, axis=-1)
 
 
 def layer_norm(x: paddle.Tensor, eps: float = 1e-6) -> paddle.Tensor:

@@ -79,7 +79,7 @@ class SubmodelSpec:
         return out
 
     def _flux_inputs(self, dims: dict[str, int], rng) -> dict[str, np.ndarray]:
-        from sdc.graphs.flux import rope_tables
+        from sdc.runtime.rope import rope_tables
 
         out = {}
         for t in self.inputs:
@@ -87,10 +87,7 @@ class SubmodelSpec:
                 continue
             out[t.name] = rng.standard_normal(t.concrete(dims)).astype(np.float32)
         n_img, n_txt, b = dims["image_tokens"], dims["text_tokens"], dims["batch"]
-        ids = np.zeros((n_txt + n_img, 3), np.float32)
-        cols = max(1, int(np.sqrt(n_img)))
-        ids[n_txt:, 1], ids[n_txt:, 2] = np.arange(n_img) // cols, np.arange(n_img) % cols
-        out["rope_cos"], out["rope_sin"] = rope_tables(ids, tuple(self.extra["axes_dims_rope"]))
+        out["rope_cos"], out["rope_sin"] = rope_tables(sample_ids(n_txt, n_img), tuple(self.extra["axes_dims_rope"]))
         out["timestep"] = rng.uniform(0.05, 1.0, b).astype(np.float32)
         if any(t.name == "guidance" for t in self.inputs):
             out["guidance"] = rng.uniform(1.0, 5.0, b).astype(np.float32)
@@ -101,6 +98,15 @@ class SubmodelSpec:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
         }
+
+
+def sample_ids(text_tokens: int, image_tokens: int) -> np.ndarray:
+    """(0, row, column) ids of sample inputs: text ids zero, image tokens on a near-square grid, row-major
+    (the bench feeds diffusers the same ids as img_ids / txt_ids)."""
+    ids = np.zeros((text_tokens + image_tokens, 3), np.float32)
+    cols = max(1, int(np.sqrt(image_tokens)))
+    ids[text_tokens:, 1], ids[text_tokens:, 2] = np.arange(image_tokens) // cols, np.arange(image_tokens) % cols
+    return ids
 
 
 def _token_ids(shape: tuple[int, int], rng, vocab_size: int, bos: int | None, eos: int, pad: int) -> np.ndarray:

@@ -71,27 +71,41 @@ def open_model(root: Path, manifest: dict, name: str, providers: list[str], targ
     return OnnxModel(safe_join(Path(root), art["path"]), sub, providers, threads=threads), art
 
 
-def check_generates(family: str) -> None:
-    """Refuse, with one line, a family sdc builds but cannot yet generate with."""
-    if family == "flux":
-        raise InputError("this is a Flux bundle: sdc builds and verifies Flux bundles, but the runtime's Flux "
-                         "pipeline is not written yet; its submodels load with sdc.runtime.models.OnnxModel")
-
-
 def make_pipeline(family: str, models: dict, tokenizers: dict, scheduler_config: dict, config):
-    """The runtime pipeline of a family ("sd" or "sdxl") over `models`; tokenizers by encoder name."""
+    """The runtime pipeline of a family ("sd", "sdxl" or "flux") over `models`; tokenizers by encoder name."""
     from sdc.runtime.pipeline import StableDiffusionPipeline
+    from sdc.runtime.pipeline_flux import FluxPipeline
     from sdc.runtime.pipeline_xl import StableDiffusionXLPipeline
 
-    check_generates(family)
     if family == "sdxl":
         return StableDiffusionXLPipeline(models, tokenizers, scheduler_config, config)
+    if family == "flux":
+        return FluxPipeline(models, tokenizers, scheduler_config, config)
     return StableDiffusionPipeline(models, tokenizers.get("text_encoder"), scheduler_config, config)
+
+
+def tokenizer_class(family: str, name: str):
+    """The tokenizer a text encoder reads: CLIP's, or T5's for Flux's text_encoder_2."""
+    from sdc.runtime.tokenizer import CLIPTokenizer
+    from sdc.runtime.tokenizer_t5 import T5Tokenizer
+
+    return T5Tokenizer if (family == "flux" and name == "text_encoder_2") else CLIPTokenizer
+
+
+def load_tokenizers(root: Path, family: str, names) -> dict:
+    """The tokenizer of each text encoder in `names` from its folder in a bundle (or a diffusers folder)."""
+    tokenizers = {}
+    for name, folder in TOKENIZER_DIRS.items():
+        if name in names:
+            tok_dir = safe_join(root, folder)
+            with bundle_data(tok_dir, "tokenizer"):
+                tokenizers[name] = tokenizer_class(family, name).from_folder(tok_dir)
+    return tokenizers
 
 
 def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, target: str | None = None,
          precision: str | None = None):
-    """Load a bundle as a StableDiffusion(XL)Pipeline; `pipe.models[name](**inputs)` runs one submodel.
+    """Load a bundle as a StableDiffusion(XL)Pipeline or FluxPipeline; `pipe.models[name](**inputs)` runs one submodel.
 
     verify: "full" checks every file's sha256 (seconds for a real model), "sizes" only sizes, "none" nothing.
     target: which artifact to run ("portable" forces the unfused graph); by default the one tuned for
@@ -101,13 +115,12 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     `pipe.artifacts[name]` says which artifact each submodel runs.
     """
     from sdc.runtime.pipeline import PipelineConfig
-    from sdc.runtime.tokenizer import CLIPTokenizer
 
     root = Path(path)
     if verify not in VERIFY_MODES:
         raise InputError(f"verify={verify!r}: choose one of {', '.join(VERIFY_MODES)}")
     manifest = read_manifest(root)
-    check_generates(manifest["source"]["family"])  # before any session opens
+    family = manifest["source"]["family"]
     if verify != "none":
         verify_files(root, manifest, full=verify == "full")
     providers = resolve_providers(provider)
@@ -115,12 +128,7 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     chosen = choose_precision(manifest, providers[0], tuned, precision)
     opened = {name: open_model(root, manifest, name, providers, tuned, threads, chosen) for name in manifest["submodels"]}
     models = {name: m for name, (m, _) in opened.items()}
-    tokenizers = {}
-    for name, folder in TOKENIZER_DIRS.items():
-        if name in manifest["submodels"]:
-            tok_dir = safe_join(root, folder)
-            with bundle_data(tok_dir, "tokenizer"):
-                tokenizers[name] = CLIPTokenizer.from_folder(tok_dir)
+    tokenizers = load_tokenizers(root, family, manifest["submodels"])
     scheduler_path = safe_join(root, SCHEDULER_CONFIG)
     with bundle_data(scheduler_path, "scheduler config"):
         scheduler_config = json.loads(scheduler_path.read_text(encoding="utf-8"))
@@ -135,8 +143,10 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
         latents_std=tuple(p["vae_latents_std"]) if p.get("vae_latents_std") else None,
         force_zeros_for_empty_prompt=bool(p.get("force_zeros_for_empty_prompt", False)),
         requires_aesthetics_score=bool(p.get("requires_aesthetics_score", False)),
+        guidance_embeds=bool(p.get("guidance_embeds", False)),
+        rope_axes_dims=tuple(p["rope_axes_dims"]) if p.get("rope_axes_dims") else None,
     )
-    pipe = make_pipeline(manifest["source"]["family"], models, tokenizers, scheduler_config, config)
+    pipe = make_pipeline(family, models, tokenizers, scheduler_config, config)
     with bundle_data(scheduler_path, "scheduler config"):
         pipe.make_scheduler(d.get("scheduler"))  # a bad config fails here, not in the middle of a generation
     pipe.manifest = manifest

@@ -22,7 +22,7 @@ from sdc.errors import BundleError
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NUMBER = (int, float)
 # source.family values whose pipeline sdc.runtime has (sd: 1.x / 2.x, sdxl: base and refiner).
-RUNTIME_FAMILIES = ("sd", "sdxl", "flux")  # flux: built and verified; sdc.runtime.load refuses it for now
+RUNTIME_FAMILIES = ("sd", "sdxl", "flux")
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
 
 
@@ -139,8 +139,13 @@ def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
                 _typed(w, f"pipeline.{key}[{i}]", v, _NUMBER, "a number")
             if len(stats) != pipe["latent_channels"]:
                 raise w.fail(f"pipeline.{key}", f"{len(stats)} values for {pipe['latent_channels']} latent channels")
-    for key in ("force_zeros_for_empty_prompt", "requires_aesthetics_score"):
+    for key in ("force_zeros_for_empty_prompt", "requires_aesthetics_score", "guidance_embeds"):
         _field(w, pipe, key, "pipeline.", bool, "true or false", optional=True)
+    axes = _field(w, pipe, "rope_axes_dims", "pipeline.", list, "a list of even positive integers",
+                  optional=family != "flux")
+    for i, v in enumerate(axes or []):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % 2:
+            raise w.fail(f"pipeline.rope_axes_dims[{i}]", f"expected an even positive integer, got {v!r}")
     defaults = _obj(w, manifest, "defaults", "")
     for key in ("height", "width", "steps"):
         v = _field(w, defaults, key, "defaults.", int, "a positive integer")

@@ -59,33 +59,47 @@ class PipelineConfig:
     # a refiner's time ids carry aesthetic scores instead of the target size.
     force_zeros_for_empty_prompt: bool = False
     requires_aesthetics_score: bool = False
+    # Flux: the transformer's guidance embedding (dev) and its rotary axes (the runtime builds the tables)
+    guidance_embeds: bool = False
+    rope_axes_dims: tuple[int, ...] | None = None
 
     @classmethod
     def from_diffusers(cls, model_dir: str | Path, default_scheduler: str | None = None) -> PipelineConfig:
-        """Read the fields from a diffusers folder's model_index.json and unet/ and vae/ config.json."""
+        """Read the fields from a diffusers folder's model_index.json and unet/ (or transformer/) and vae/ config.json."""
         model_dir = Path(model_dir)
-        unet = json.loads((model_dir / "unet" / "config.json").read_text(encoding="utf-8"))
         vae = json.loads((model_dir / "vae" / "config.json").read_text(encoding="utf-8"))
         index_path = model_dir / "model_index.json"
         index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
         xl = str(index.get("_class_name", "")).startswith("StableDiffusionXL")
         factor = 2 ** (len(vae.get("block_out_channels", [64])) - 1)
-        size = unet.get("sample_size", 64)
-        h, w = (size, size) if isinstance(size, int) else size
+        flux = {}
+        if (model_dir / "transformer" / "config.json").is_file():  # Flux: tokens of 2x2 latent patches
+            tf = json.loads((model_dir / "transformer" / "config.json").read_text(encoding="utf-8"))
+            in_ch = int(tf.get("in_channels", 64))
+            out_ch = int(tf.get("out_channels") or in_ch)
+            h = w = int(vae.get("sample_size", 1024))
+            flux = dict(guidance_embeds=bool(tf.get("guidance_embeds", False)),
+                        rope_axes_dims=tuple(int(a) for a in tf.get("axes_dims_rope", (16, 56, 56))))
+        else:
+            unet = json.loads((model_dir / "unet" / "config.json").read_text(encoding="utf-8"))
+            in_ch, out_ch = int(unet.get("in_channels", 4)), int(unet.get("out_channels", 4))
+            size = unet.get("sample_size", 64)
+            h, w = (size * factor, size * factor) if isinstance(size, int) else (size[0] * factor, size[1] * factor)
         return cls(
             scaling_factor=float(vae.get("scaling_factor", 0.18215)),
             shift_factor=vae.get("shift_factor"),
             vae_scale_factor=factor,
             latent_channels=int(vae.get("latent_channels", 4)),
-            unet_in_channels=int(unet.get("in_channels", 4)),
-            unet_out_channels=int(unet.get("out_channels", 4)),
-            default_height=h * factor,
-            default_width=w * factor,
+            unet_in_channels=in_ch,
+            unet_out_channels=out_ch,
+            default_height=h,
+            default_width=w,
             default_scheduler=default_scheduler,
             latents_mean=tuple(vae["latents_mean"]) if vae.get("latents_mean") else None,
             latents_std=tuple(vae["latents_std"]) if vae.get("latents_std") else None,
             force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", xl)),
             requires_aesthetics_score=bool(index.get("requires_aesthetics_score", False)),
+            **flux,
         )
 
 
@@ -150,16 +164,19 @@ class StableDiffusionPipeline:
         self.tokenizer = tokenizer
         self.scheduler_config = dict(scheduler_config)
         self.config = config or PipelineConfig()
+        self._check_config()
+        for name in self.REQUIRED_MODELS:
+            if name not in models:
+                raise InputError(f"the pipeline needs submodel {name!r}; got {', '.join(sorted(models)) or 'none'}")
+        self._local = threading.local()  # per-thread state: one pipeline serves concurrent callers
+
+    def _check_config(self) -> None:
         if self.config.unet_in_channels != self.config.latent_channels:
             # An inpainting UNet also takes mask and masked-image latents: a different pipeline.
             raise InputError(
                 f"UNet takes {self.config.unet_in_channels} input channels but the VAE has "
                 f"{self.config.latent_channels} latent channels: inpainting models need an inpainting pipeline"
             )
-        for name in self.REQUIRED_MODELS:
-            if name not in models:
-                raise InputError(f"the pipeline needs submodel {name!r}; got {', '.join(sorted(models)) or 'none'}")
-        self._local = threading.local()  # per-thread state: one pipeline serves concurrent callers
 
     @property
     def last_timings(self) -> dict[str, float]:
@@ -318,18 +335,17 @@ class StableDiffusionPipeline:
     def _denoise(self, sched, timesteps: np.ndarray, latents: np.ndarray, batch: int, do_cfg: bool,
                  guidance_scale: float, rng: np.random.Generator, callback: StepCallback | None,
                  guidance_rescale: float = 0.0, **conditioning: np.ndarray) -> np.ndarray:
-        """The denoising loop: the UNet on [uncond; cond] (with guidance) and the scheduler's steps.
+        """The denoising loop: the denoiser on [uncond; cond] (with guidance) and the scheduler's steps.
 
-        `conditioning`: the UNet inputs besides sample and timestep (encoder_hidden_states, and SDXL's
-        text_embeds and time_ids), already doubled for guidance.
+        `conditioning`: the denoiser's inputs besides its latents and timestep (encoder_hidden_states, and
+        SDXL's text_embeds and time_ids, Flux's pooled projections, rotary tables and guidance), already
+        doubled for guidance where they have a batch dim.
         """
         t_loop = time.perf_counter()
         for i, t in enumerate(timesteps):
             model_input = np.concatenate([latents, latents]) if do_cfg else latents
             model_input = np.asarray(sched.scale_model_input(model_input, t), dtype=np.float32)
-            tt = np.full((model_input.shape[0],), t, dtype=np.float32)
-            pred = np.asarray(self._run("unet", sample=model_input, timestep=tt, **conditioning)["out_sample"],
-                              dtype=np.float32)
+            pred = np.asarray(self._predict(model_input, t, conditioning), dtype=np.float32)
             if do_cfg:
                 uncond, cond = pred[:batch], pred[batch:]
                 pred = uncond + np.float32(guidance_scale) * (cond - uncond)
@@ -341,6 +357,11 @@ class StableDiffusionPipeline:
                 callback(i + 1, len(timesteps), float(t), latents)
         self.last_timings["denoise_loop"] = time.perf_counter() - t_loop
         return latents
+
+    def _predict(self, model_input: np.ndarray, t: Any, conditioning: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One denoiser call: the UNet's noise prediction at timestep t."""
+        tt = np.full((model_input.shape[0],), t, dtype=np.float32)
+        return self._run("unet", sample=model_input, timestep=tt, **conditioning)["out_sample"]
 
     def _output(self, latents: np.ndarray, output_type: str, t_start: float):
         """Latents as asked for (latent, np or pil); records the call's total time."""

@@ -8,7 +8,7 @@ import pytest
 paddle = pytest.importorskip("paddle")
 
 from sdc.graphs import load_folder  # noqa: E402
-from sdc.graphs.flux import rope_tables  # noqa: E402
+from sdc.runtime.rope import rope_tables  # noqa: E402
 from tests.conftest import FIXTURES, load_cases  # noqa: E402
 
 VARIANTS = sorted(p.name for p in (FIXTURES / "variants").glob("flux-*"))
