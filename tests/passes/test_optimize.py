@@ -16,8 +16,8 @@ from tests.passes.helpers import assert_same_outputs, clip_feeds, ops, unet_feed
 
 EXPECTED_FUSIONS = {  # target -> pass -> counts, on the UNet export (7 GroupNorm, 2 self + 2 cross attention, 2 GELU)
     "portable": {},
-    "ort-cpu": {"attention": {"MultiHeadAttention": 4}, "gelu": {"Gelu": 2}},
-    "ort-cuda": {"group_norm": {"GroupNorm+SiLU": 5, "GroupNorm": 2}, "geglu": {},
+    "ort-cpu": {"attention": {"MultiHeadAttention": 4}, "rms_norm": {}, "gelu": {"Gelu": 2}},
+    "ort-cuda": {"group_norm": {"GroupNorm+SiLU": 5, "GroupNorm": 2}, "geglu": {}, "rms_norm": {},
                  "attention": {"MultiHeadAttention(packed QKV)": 2, "MultiHeadAttention(packed KV)": 2},
                  "gelu": {"Gelu": 2}},
     "tensorrt": {"group_norm": {"GroupNormalization": 7}},
@@ -50,7 +50,7 @@ def test_report_json(exports):
     assert data["passes"]["attention"] == {"MultiHeadAttention": 2} and data["passes"]["gelu"] == {"Gelu": 2}
     assert data["total_changes"] == report.total_changes == sum(
         abs(n) for counts in report.passes.values() for n in counts.values())
-    assert list(report.passes) == ["cleanup", "attention", "gelu"]
+    assert list(report.passes) == ["cleanup", "attention", "rms_norm", "gelu"]
 
 
 def test_unknown_target_names_the_choices(exports):
