@@ -70,6 +70,12 @@ def build(
         int, typer.Option("--calibration-samples", help="UNet inputs captured across the timesteps of real "
                           "sampling runs for the INT8 scales (8: one 8-step run; more add runs of 8 with other prompts).")
     ] = 8,
+    stream_weights: Annotated[
+        str, typer.Option("--stream-weights", help="Flux transformer / T5: export from a depth-tied module and stream "
+                          "every block's weights from the checkpoint into the bundle (its dtype, e.g. bf16), so the "
+                          "fp32 model never sits in memory. auto: when its fp32 weights exceed half of this machine's "
+                          "memory; on; off.")
+    ] = "auto",
 ) -> None:
     """Build a validated, checksummed bundle from a diffusers checkpoint.
 
@@ -86,6 +92,10 @@ def build(
         from sdc.errors import InputError
 
         raise InputError(f"--target {target[0]} needs the passes that tune it; drop --no-passes or the --target")
+    if stream_weights not in ("auto", "on", "off"):
+        from sdc.errors import InputError
+
+        raise InputError(f"--stream-weights {stream_weights}: choose auto, on or off")
     if not verbose:
         quiet_third_parties()
     if debug:
@@ -101,7 +111,7 @@ def build(
                            submodels=tuple(only) if only else None, passes=passes,
                            targets=tuple(target) if target is not None else BuildOptions.targets, debug_passes=debug,
                            precisions=parse_precisions(precision), calibration_prompts=calibration_prompts,
-                           calibration_samples=calibration_samples)
+                           calibration_samples=calibration_samples, stream_weights=stream_weights)
     result = run_build(model_dir, out, options, force=force, reporter=_RichReporter(console))
     _print_summary(console, result)
     for w in result.warnings:

@@ -194,6 +194,15 @@ def _build_locked(model_dir: Path, out: Path, options: BuildOptions, force: bool
             sub.layer = None  # free the Paddle modules before hashing gigabytes
         if any(p != "fp32" for p in options.precisions) or "fp32" not in options.precisions:
             _run_precision(ctx, reporter, seconds)
+        for sub in subs.values():
+            if sub.ties:
+                from sdc.compile.streamed import stream_stage
+
+                t0 = time.perf_counter()
+                with reporter.step("stream", sub.name):
+                    stream_stage(ctx, sub)
+                sub.seconds["stream"] = time.perf_counter() - t0
+                seconds["stream"] = seconds.get("stream", 0.0) + sub.seconds["stream"]
         t0 = time.perf_counter()
         with reporter.step("bundle", out.name):
             manifest = bundle_stage(ctx)

@@ -83,6 +83,7 @@ def manifest_for(ctx: BuildContext, files: dict) -> dict:
                     "bytes": files[a.path]["bytes"] + sum(files[d]["bytes"] for d in a.data_paths),
                     "passes": a.passes, "validation": a.validation.to_json() if a.validation else None,
                     **({"precision_record": a.precision_record} if a.precision_record else {}),
+                    **({"weights": a.weights} if a.weights else {}),
                 }
                 for a in sub.artifacts
             ],

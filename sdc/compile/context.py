@@ -25,6 +25,8 @@ class BuildOptions:
     precisions: tuple[str, ...] = ("fp32",)
     calibration_prompts: Path | None = None  # None: sdc's default prompt file
     calibration_samples: int = 8  # UNet inputs captured for INT8 scales (sdc.compile.calibrate)
+    # Depth-tied graph + weights streamed from the checkpoint (sdc.compile.streamed): auto | on | off
+    stream_weights: str = "auto"
 
 
 @dataclass
@@ -65,6 +67,8 @@ class Artifact:
     validation: Validation | None = None
     # fp16/bf16: the fp32 islands and why; int8/w8: calibration, quantized op counts, excluded nodes.
     precision_record: dict = field(default_factory=dict)
+    # Streamed weights (sdc.compile.streamed): storage dtype, blocks, what was validated how
+    weights: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -78,6 +82,8 @@ class SubmodelBuild:
     program_passes: dict[str, dict[str, int]] = field(default_factory=dict)  # rewrites of the Paddle program
     references: list = field(default_factory=list)  # [(dims, inputs, paddle outputs)] per sample shape
     artifacts: list[Artifact] = field(default_factory=list)
+    ties: tuple = ()  # depth-tied runs of blocks (sdc.graphs.tied) when the weights are streamed
+    linear_keys: tuple[str, ...] = ()  # the module's Linear weights (stored transposed), for streaming
     seconds: dict[str, float] = field(default_factory=dict)
 
 

@@ -110,6 +110,10 @@ def exported_model(ctx: BuildContext, sub: SubmodelBuild):
     model = onnx.load(str(graph_only))
     sub.weight_bytes = attach_weights(model, sub.layer, sub.name)
     name_io(model, sub)
+    if sub.ties:  # nodes are in forward order only now: mark each tied weight's reader with its block
+        from sdc.compile.streamed import tag_uses
+
+        tag_uses(model, sub.ties)
     model.producer_name, model.producer_version = "sdc", _version()
     sub.layer = None
     if sub.weight_bytes > GC_BYTES:

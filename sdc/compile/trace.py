@@ -11,9 +11,19 @@ from sdc.compile.context import BuildContext, SubmodelBuild
 
 
 def load_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
-    """Build the Paddle module and load its weights (errors name the file and the fix)."""
+    """Build the Paddle module and load its weights (errors name the file and the fix); a submodel too big
+    for memory is loaded depth-tied, its weights streamed in later (sdc.compile.streamed)."""
+    from sdc.compile.streamed import should_stream
     from sdc.graphs import load
 
+    if should_stream(ctx, sub):
+        from paddle import nn
+
+        from sdc.graphs.tied import load_tied
+
+        sub.layer, sub.ties = load_tied(ctx.model_dir, sub.name, sub.config)
+        sub.linear_keys = tuple(f"{p}.weight" for p, s in sub.layer.named_sublayers() if isinstance(s, nn.Linear))
+        return
     sub.layer = load(ctx.model_dir, sub.name, allow_pickle=ctx.options.allow_pickle)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -71,7 +72,19 @@ def find_weight_files(folder: Path, allow_pickle: bool = False) -> list[Path]:
     raise WeightsError(f"{folder}: no *.safetensors weights found; the model folder is incomplete")
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one tensor's bytes are in a safetensors file (read them with `read_ref`)."""
+
+    path: Path
+    dtype: str  # safetensors name: F32, BF16, ...
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
+def safetensors_refs(path: Path) -> dict[str, TensorRef]:
+    """Every tensor of a safetensors file by name, from its header (checked against the file's size)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -91,22 +104,30 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise WeightsError(
             f"{path}: file is truncated ({size} bytes, header says {data_start + end}); download it again"
         )
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start, shape=(end,)) if end else np.zeros(0, np.uint8)
-    out = {}
+    refs = {}
     for key, info in header.items():
         dtype = _DTYPES.get(info.get("dtype"))
         if dtype is None:
             raise WeightsError(f"{path}: tensor {key} has unsupported dtype {info.get('dtype')}")
-        a, b = info["data_offsets"]
-        shape = tuple(info["shape"])
-        arr = raw[a:b].view(dtype)
-        if arr.size != int(np.prod(shape)):
-            raise WeightsError(f"{path}: tensor {key} has {arr.size} elements for shape {list(shape)}; file is corrupt")
-        arr = arr.reshape(shape)
-        if info["dtype"] == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        out[key] = arr
-    return out
+        a, b = (int(x) for x in info["data_offsets"])
+        shape = tuple(int(d) for d in info["shape"])
+        if (b - a) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+            raise WeightsError(f"{path}: tensor {key} has {b - a} bytes for shape {list(shape)}; file is corrupt")
+        refs[key] = TensorRef(path, info["dtype"], shape, data_start + a, data_start + b)
+    return refs
+
+
+def read_ref(ref: TensorRef, widen: bool = True) -> np.ndarray:
+    """One tensor, memory-mapped; BF16 widened to float32 unless `widen` is False (then uint16 bit patterns)."""
+    arr = np.memmap(ref.path, dtype=_DTYPES[ref.dtype], mode="r", offset=ref.start, shape=ref.shape) \
+        if ref.end > ref.start else np.zeros(ref.shape, _DTYPES[ref.dtype])
+    if ref.dtype == "BF16" and widen:
+        arr = (np.asarray(arr).astype(np.uint32) << 16).view(np.float32)
+    return arr
+
+
+def _read_safetensors(path: Path, want: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
+    return {key: read_ref(ref) for key, ref in safetensors_refs(path).items() if want is None or want(key)}
 
 
 def _read_pickle(path: Path) -> dict[str, np.ndarray]:
@@ -119,12 +140,16 @@ def _read_pickle(path: Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
 
 
-def read_weights(files: Iterable[Path]) -> dict[str, np.ndarray]:
-    """All tensors of the given files by name (arrays may be memory-mapped; floats keep their stored dtype)."""
+def read_weights(files: Iterable[Path], want: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
+    """The tensors of the given files by name, all or those `want(name)` accepts (arrays may be memory-mapped;
+    floats keep their stored dtype, except bf16, widened to float32)."""
     tensors: dict[str, np.ndarray] = {}
     for path in files:
         path = Path(path)
-        part = _read_pickle(path) if path.suffix in PICKLE_SUFFIXES else _read_safetensors(path)
+        if path.suffix in PICKLE_SUFFIXES:
+            part = {k: v for k, v in _read_pickle(path).items() if want is None or want(k)}
+        else:
+            part = _read_safetensors(path, want)
         tensors.update(part)
     return tensors
 

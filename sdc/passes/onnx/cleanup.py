@@ -107,6 +107,21 @@ def _can_take_output_name(x: ir.Value, identity: ir.Node) -> bool:
                    for n, _ in x.uses())
 
 
+BLOCK_TAG = "@"  # a node named "<name>@<run>.<index>" reads the weights of that block (sdc.compile.streamed)
+BLOCK_ATTRIBUTE = "_sdc_block"
+
+
+def _keep_blocks_apart(model: ir.Model) -> list[ir.Node]:
+    """In a depth-tied graph (sdc.compile.streamed) the blocks of a run read the same weights, so nodes that
+    compute only from those weights and block-independent inputs (Flux's AdaLN projections of the time
+    embedding) are identical, and CSE would merge them: once untied they are different computations. A
+    temporary attribute with the node's block keeps them apart; cleanup removes it right after."""
+    tagged = [n for n in model.graph.all_nodes() if n.name and BLOCK_TAG in n.name]
+    for n in tagged:
+        n.attributes[BLOCK_ATTRIBUTE] = ir.AttrString(BLOCK_ATTRIBUTE, n.name.rpartition(BLOCK_TAG)[2])
+    return tagged
+
+
 def cleanup(model: ir.Model, debug: bool = False) -> PassResult:
     """Simplify in place; counts are nodes removed per op type (negative: nodes added, e.g. none so far)."""
     inputs = [v.name for v in model.graph.inputs]
@@ -123,7 +138,10 @@ def cleanup(model: ir.Model, debug: bool = False) -> PassResult:
         forget_matches(RULES)
     common.RemoveUnusedNodesPass()(model)
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    apart = _keep_blocks_apart(model)
     common.CommonSubexpressionEliminationPass()(model)  # one Shape(x) per x, one copy of each shape constant
+    for node in apart:
+        del node.attributes[BLOCK_ATTRIBUTE]
     common.RemoveUnusedNodesPass()(model)
     common.OutputFixPass()(model)
 
