@@ -23,6 +23,7 @@ from sdc.errors import InputError
 # sdc variant -> (passes, extra targets, precisions) of the bundle it runs; the variant runs the first precision
 BUNDLES = {"sdc": (False, (), ("fp32",)), "sdc-passes": (True, ("ort-cpu",), ("fp32",)),
            "sdc-int8": (True, ("ort-cpu",), ("int8",)), "sdc-w8": (True, ("ort-cpu",), ("w8",))}
+FLUX_TEXT_TOKENS = 512  # FluxPipeline's default max_sequence_length
 # CPU features INT8 and fp16 speed depend on (x86 /proc/cpuinfo flag names).
 CPU_FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "VNNI": ("avx512_vnni", "avx_vnni"),
                 "AMX": ("amx_int8", "amx_bf16", "amx_tile"), "AVX512-FP16": ("avx512_fp16",)}
@@ -91,12 +92,20 @@ def component_dims(model_dir: Path, height: int, width: int, components: tuple[s
     index = load_model_index(model_dir)
     down = load_config(model_dir, "vae_decoder").downscale if index.has("vae") else 8
     seq = load_config(model_dir, "text_encoder").max_position_embeddings if index.has("text_encoder") else 77
-    multiple = down * (unet_multiple(load_config(model_dir, "unet")) if index.has("unet") else 1)
+    flux = index.family == "flux"
+    multiple = down * (2 if flux else unet_multiple(load_config(model_dir, "unet")) if index.has("unet") else 1)
     h, w = height, width
     if h % multiple or w % multiple or h <= 0 or w <= 0:
         raise InputError(f"--height {h} --width {w}: both must be positive multiples of {multiple} for this model")
     latent = {"latent_height": h // down, "latent_width": w // down}
-    dims = {"text_encoder": {"batch": 2, "sequence": seq}, "unet": {"batch": 2, "sequence": seq, **latent},
+    # Flux: one transformer step (batch 1: dev's guidance is an input, not a second batch half) over the
+    # image tokens of 2x2 patches and T5's max_sequence_length text tokens
+    image_tokens = (h // down // 2) * (w // down // 2)
+    dims = {"text_encoder": {"batch": 1 if flux else 2, "sequence": seq},
+            "unet": {"batch": 2, "sequence": seq, **latent},
+            "transformer": {"batch": 1, "image_tokens": image_tokens, "text_tokens": FLUX_TEXT_TOKENS,
+                            "tokens": image_tokens + FLUX_TEXT_TOKENS},
+            "text_encoder_2": {"batch": 1, "sequence": FLUX_TEXT_TOKENS},
             "vae_decoder": {"batch": 1, **latent}, "vae_encoder": {"batch": 1, "height": h, "width": w}}
     return {c: dims[c] for c in components}
 

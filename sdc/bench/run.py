@@ -31,7 +31,9 @@ DEFAULT_VARIANTS = ("torch", "paddle", "sdc", "sdc-passes", "sdc-int8")
 # Reduced-precision variants are not judged on the bench's random inputs: static int8 scales hold for
 # the calibrated (real pipeline) distribution, and `sdc compare` measures their error on real prompts.
 UNJUDGED = ("sdc-int8", "sdc-w8")
-COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "transformer", "text_encoder_2")
+DEFAULT_COMPONENTS = {"flux": ("transformer", "text_encoder_2", "vae_decoder")}  # others: UNet, CLIP, VAE decoder
+SD_COMPONENTS = ("unet", "text_encoder", "vae_decoder")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class BenchOptions:
     width: int = 512
     runs: int = 3  # timed calls per variant; the median is reported
     warmup: int = 1  # untimed calls first
-    components: tuple[str, ...] = ("unet", "text_encoder", "vae_decoder")
+    components: tuple[str, ...] | None = None  # None: the family's DEFAULT_COMPONENTS
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     threads: int = 0  # per variant; 0: every CPU this process may use
     gemm_size: int = 4096
@@ -103,9 +105,15 @@ class BenchResult:
         return asdict(self)
 
 
-def _check(model_dir: Path, options: BenchOptions) -> None:
+def _check(model_dir: Path, options: BenchOptions) -> BenchOptions:
+    """The options, checked, with the family's default components filled in."""
+    import dataclasses
+
     from sdc.graphs.configs import load_model_index
 
+    index = load_model_index(model_dir)
+    if options.components is None:
+        options = dataclasses.replace(options, components=DEFAULT_COMPONENTS.get(index.family, SD_COMPONENTS))
     bad = [v for v in options.variants if v not in VARIANTS]
     if bad or not options.variants:
         raise InputError(f"--variants {' '.join(bad) or '(none)'}: choose from {', '.join(VARIANTS)}")
@@ -118,10 +126,10 @@ def _check(model_dir: Path, options: BenchOptions) -> None:
         raise InputError(f"--components {' '.join(bad) or '(none)'}: choose from {', '.join(COMPONENTS)}")
     if options.runs < 1 or options.warmup < 0:
         raise InputError(f"--runs {options.runs} --warmup {options.warmup}: need runs >= 1 and warmup >= 0")
-    index = load_model_index(model_dir)
     missing = [c for c in options.components if not index.has("vae" if c.startswith("vae_") else c)]
     if missing:
         raise InputError(f"{model_dir / 'model_index.json'}: no {', '.join(missing)}; drop it from --components")
+    return options
 
 
 def measure_gemm(options: BenchOptions, work: Path, threads: int, log: Callable[[str], None]) -> GemmThroughput | None:
@@ -191,7 +199,7 @@ def bench(model_dir: Path, options: BenchOptions = BenchOptions(), work: Path | 
 
     t_start = time.perf_counter()
     model_dir = Path(model_dir)
-    _check(model_dir, options)
+    options = _check(model_dir, options)
     threads = options.threads or len(os.sched_getaffinity(0))
     machine = machine_info()
     temporary = work is None

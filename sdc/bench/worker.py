@@ -46,6 +46,24 @@ def _torch_model(model_dir: Path, name: str, threads: int) -> Callable[..., dict
         def fn(sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
             added = {"text_embeds": text_embeds, "time_ids": time_ids} if text_embeds is not None else None  # SDXL
             return {"out_sample": m(sample, timestep, encoder_hidden_states, added_cond_kwargs=added).sample}
+    elif name == "transformer":  # Flux: diffusers builds the rotary tables from ids; the same ids as sdc's inputs
+        from diffusers import FluxTransformer2DModel
+
+        from sdc.graphs.specs import sample_ids
+
+        m = FluxTransformer2DModel.from_pretrained(model_dir, subfolder="transformer", torch_dtype=fp32)
+
+        def fn(hidden_states, encoder_hidden_states, pooled_projections, timestep, rope_cos, rope_sin, guidance=None):
+            n_txt = encoder_hidden_states.shape[1]
+            ids = torch.from_numpy(sample_ids(n_txt, hidden_states.shape[1]))
+            return {"out_sample": m(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                    pooled_projections=pooled_projections, timestep=timestep, guidance=guidance,
+                                    txt_ids=ids[:n_txt], img_ids=ids[n_txt:]).sample}
+    elif name == "text_encoder_2":  # Flux's T5
+        from transformers import T5EncoderModel
+
+        m = T5EncoderModel.from_pretrained(model_dir, subfolder="text_encoder_2", dtype=fp32)
+        fn = lambda input_ids: {"last_hidden_state": m(input_ids=input_ids).last_hidden_state}  # noqa: E731
     elif name == "vae_decoder":
         m = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=fp32)
         fn = lambda latent_sample: {"sample": m.decode(latent_sample).sample}  # noqa: E731

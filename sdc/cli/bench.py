@@ -23,7 +23,8 @@ def bench(
     components: Annotated[
         Optional[list[str]],
         typer.Option("--components", help="Submodels to time (repeatable or comma-separated): unet, text_encoder, "
-                     "vae_decoder, vae_encoder. Default: unet,text_encoder,vae_decoder."),
+                     "vae_decoder, vae_encoder; Flux: transformer, text_encoder_2 (T5). Default: "
+                     "unet,text_encoder,vae_decoder (Flux: transformer,text_encoder_2,vae_decoder)."),
     ] = None,
     variants: Annotated[
         Optional[list[str]],
