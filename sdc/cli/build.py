@@ -131,7 +131,7 @@ def quiet_third_parties() -> None:
 
     os.environ.setdefault("GLOG_minloglevel", "2")  # read when paddle is first imported
     warnings.filterwarnings("ignore", message="No ccache found")
-    warnings.filterwarnings("ignore", message=".*Non compatible API.*")
+    warnings.filterwarnings("ignore", message=r"(?s).*Non compatible API")  # the message starts with a newline
     for name in ("onnxscript", "onnx_ir", "onnxruntime", "paddle", "paddle2onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -83,6 +83,7 @@ class SubmodelBuild:
     references: list = field(default_factory=list)  # [(dims, inputs, paddle outputs)] per sample shape
     artifacts: list[Artifact] = field(default_factory=list)
     ties: tuple = ()  # depth-tied runs of blocks (sdc.graphs.tied) when the weights are streamed
+    reference_floor: float | None = None  # depth-tied: max |float32 module - float64 module| on the references
     linear_keys: tuple[str, ...] = ()  # the module's Linear weights (stored transposed), for streaming
     seconds: dict[str, float] = field(default_factory=dict)
 

@@ -46,12 +46,23 @@ def compare(references: list, run, atol: float, rtol: float) -> Validation:
     return Validation(max_abs, max_rel, atol, rtol, [d for d, _, _ in references], per_output, ok)
 
 
+# A depth-tied graph (streamed weights) is judged against the float64 module, allowing this many times
+# the float32 Paddle module's own error: the model's conditioning, which no float32 graph can beat.
+# Measured on T5-XXL's 24 random layers at 77 tokens: Paddle float32 5.8e-4 from float64, ONNX Runtime
+# 1.6e-3 (2.8 times), the fixed tolerance 6.4e-4.
+FLOOR_FACTOR = 4.0
+
+
 def validate_artifact(ctx: BuildContext, sub: SubmodelBuild, art: Artifact) -> Validation:
     model = OnnxModel(ctx.work / art.path, sub.spec.to_json(), validation_providers(art.target))
+    atol = sub.spec.atol + (FLOOR_FACTOR * sub.reference_floor if sub.reference_floor is not None else 0.0)
     try:
-        v = compare(sub.references, model, sub.spec.atol, sub.spec.rtol)
+        v = compare(sub.references, model, atol, sub.spec.rtol)
     except ValidationError as e:
         raise ValidationError(f"{sub.name} ({art.target}/{art.precision}): {e}")
+    if sub.reference_floor is not None:
+        v.against = (f"paddle in float64, blocks tied (atol {sub.spec.atol:g} + {FLOOR_FACTOR:g} x the float32 "
+                     f"module's own error {sub.reference_floor:.2e})")
     art.validation = v
     if not v.passed:
         report_failure(ctx, sub, art, v)

@@ -34,8 +34,9 @@ def bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
     half = num_buckets // 2
     exact = half // 2
     d = np.arange(max_distance + 1)
-    with np.errstate(divide="ignore"):
-        large = exact + (np.log(d.astype(np.float32) / np.float32(exact)) / np.float32(math.log(max_distance / exact))
+    near = np.maximum(d, max(exact, 1)).astype(np.float32)  # distances below `exact` take d itself below: no log(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        large = exact + (np.log(near / np.float32(exact)) / np.float32(math.log(max_distance / exact))
                          * np.float32(half - exact)).astype(np.int64)
     return np.where(d < exact, d, np.minimum(large, half - 1)).astype(np.int64)
 
