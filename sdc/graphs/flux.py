@@ -161,9 +161,10 @@ class _TimeTextEmbed(nn.Layer):
         self.guidance = guidance
 
     def forward(self, timestep, pooled, guidance=None):
-        emb = self.timestep_embedder(timestep_features(timestep, 256, True, 0))
+        # sinusoids in float32, then the model's dtype (as diffusers casts them): float64 for a float64 reference
+        emb = self.timestep_embedder(timestep_features(timestep, 256, True, 0).astype(pooled.dtype))
         if self.guidance:
-            emb = emb + self.guidance_embedder(timestep_features(guidance, 256, True, 0))
+            emb = emb + self.guidance_embedder(timestep_features(guidance, 256, True, 0).astype(pooled.dtype))
         return emb + self.text_embedder(pooled)
 
 
