@@ -129,6 +129,16 @@ def sdxl_bundles(request, tmp_path_factory) -> dict[str, Path]:
     return {name: _build_once(root, f"{name}.bundle", FIXTURES / name, options.get(name)) for name in SDXL_FAMILIES}
 
 
+FLUX_FAMILIES = ("flux-tiny", "flux-schnell-tiny")  # dev-like and schnell-like (tests/fixtures/make_flux_fixtures.py)
+
+
+@pytest.fixture(scope="session")
+def flux_bundles(request, tmp_path_factory) -> dict[str, Path]:
+    """Both Flux fixtures built once per run with the default options, shared like `bundles`."""
+    root = _shared_root(request, tmp_path_factory)
+    return {name: _build_once(root, f"{name}.bundle", FIXTURES / name) for name in FLUX_FAMILIES}
+
+
 @pytest.fixture
 def fixture_copy(tmp_path):
     """A writable copy of a fixture folder, for tests that break it."""

@@ -10,25 +10,18 @@ import numpy as np
 import pytest
 
 from tests.compile.test_bad_input import assert_nothing_written, assert_one_line_error
-from tests.conftest import FIXTURES, run_sdc
+from tests.conftest import run_sdc
 from tests.runtime.test_pipeline_flux import ATOL, load_case, run_reference
 
 
-def _build(tmp_path_factory, model: str):
-    out = tmp_path_factory.mktemp(model) / f"{model}.bundle"
-    proc = run_sdc("build", FIXTURES / model, "-o", out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+@pytest.fixture(scope="module")
+def flux_bundle(flux_bundles):
+    return flux_bundles["flux-tiny"]
 
 
 @pytest.fixture(scope="module")
-def flux_bundle(tmp_path_factory):
-    return _build(tmp_path_factory, "flux-tiny")
-
-
-@pytest.fixture(scope="module")
-def schnell_bundle(tmp_path_factory):
-    return _build(tmp_path_factory, "flux-schnell-tiny")
+def schnell_bundle(flux_bundles):
+    return flux_bundles["flux-schnell-tiny"]
 
 
 def test_builds_validated_and_verifies(flux_bundle) -> None:

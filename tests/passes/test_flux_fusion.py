@@ -42,26 +42,18 @@ CASES = [(fixture, sub) for fixture, subs in EXPECTED.items() for sub in subs]
 
 
 @pytest.fixture(scope="module")
-def flux_graphs(request, tmp_path_factory) -> dict:
-    """{(fixture, submodel): (portable ModelProto, SubmodelSpec)}; each fixture built once per test run
-    (pytest-xdist workers share the bundles, as the session `bundles` fixture does)."""
-    pytest.importorskip("paddle")
-    pytest.importorskip("paddle2onnx")
-    from sdc.compile.context import BuildOptions
+def flux_graphs(flux_bundles) -> dict:
+    """{(fixture, submodel): (portable ModelProto, SubmodelSpec)} from the Flux bundles the run builds once."""
     from sdc.graphs.configs import load_model_index
     from sdc.graphs.family import resolve_configs
     from sdc.graphs.specs import spec_for
-    from tests.conftest import _build_once, _shared_root
 
-    root = _shared_root(request, tmp_path_factory)
     graphs = {}
     for fixture, expected in EXPECTED.items():
-        subs = tuple(expected)
-        options = BuildOptions(submodels=subs, targets=())
-        out = _build_once(root, f"{fixture}-fusion.bundle", FIXTURES / fixture, options)
-        configs = resolve_configs(FIXTURES / fixture, load_model_index(FIXTURES / fixture), list(subs))
+        subs = list(expected)
+        configs = resolve_configs(FIXTURES / fixture, load_model_index(FIXTURES / fixture), subs)
         for sub in subs:
-            graphs[fixture, sub] = (onnx.load(str(out / sub / "model.onnx")), spec_for(sub, configs[sub]))
+            graphs[fixture, sub] = (onnx.load(str(flux_bundles[fixture] / sub / "model.onnx")), spec_for(sub, configs[sub]))
     return graphs
 
 
