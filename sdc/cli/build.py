@@ -76,6 +76,20 @@ def build(
                           "fp32 model never sits in memory. auto: when its fp32 weights exceed half of this machine's "
                           "memory; on; off.")
     ] = "auto",
+    profile: Annotated[
+        Optional[str], typer.Option("--profile", help="Sizes the bundle serves: a name (sd-512, sd-dynamic, sdxl-1024, "
+                                    "flux-512-1024), HxW (static) or MIN:OPT:MAX like 256x256:512x512:1024x768. Every "
+                                    "graph is validated at its corners, INT8 calibrated at its optimum; recorded in the "
+                                    "manifest for TensorRT engines.")
+    ] = None,
+    batch: Annotated[
+        Optional[str], typer.Option("--batch", help="With --profile: images per call, N or MIN:OPT:MAX like 1:2:4 "
+                                    "(default 1, or the named profile's).")
+    ] = None,
+    text_length: Annotated[
+        Optional[str], typer.Option("--text-length", help="With --profile, Flux: T5 tokens, N or MIN:OPT:MAX "
+                                    "(default 512).")
+    ] = None,
 ) -> None:
     """Build a validated, checksummed bundle from a diffusers checkpoint.
 
@@ -96,6 +110,16 @@ def build(
         from sdc.errors import InputError
 
         raise InputError(f"--stream-weights {stream_weights}: choose auto, on or off")
+    shape_profile = None
+    if profile is not None:
+        from sdc.graphs.configs import load_model_index
+        from sdc.profiles import parse_profile
+
+        shape_profile = parse_profile(profile, batch, load_model_index(model_dir).family, text_length)
+    elif batch is not None or text_length is not None:
+        from sdc.errors import InputError
+
+        raise InputError("--batch and --text-length shape a --profile; give one (e.g. --profile 512x512 --batch 1:2:4)")
     if not verbose:
         quiet_third_parties()
     if debug:
@@ -111,7 +135,8 @@ def build(
                            submodels=tuple(only) if only else None, passes=passes,
                            targets=tuple(target) if target is not None else BuildOptions.targets, debug_passes=debug,
                            precisions=parse_precisions(precision), calibration_prompts=calibration_prompts,
-                           calibration_samples=calibration_samples, stream_weights=stream_weights)
+                           calibration_samples=calibration_samples, stream_weights=stream_weights,
+                           profile=shape_profile)
     result = run_build(model_dir, out, options, force=force, reporter=_RichReporter(console))
     _print_summary(console, result)
     for w in result.warnings:

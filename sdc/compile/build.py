@@ -92,6 +92,18 @@ def check_tokenizers(model_dir: Path, family: str, names: list[str]) -> None:
             tokenizer_class(family, name).from_folder(model_dir / TOKENIZER_DIRS[name])
 
 
+def apply_profile(model_dir: Path, family: str, profile, subs: dict) -> None:
+    """Every submodel's dims under the profile (refusing sizes off the model's grid); validation at its corners."""
+    import dataclasses
+
+    from sdc.profiles import Facts, corners, submodel_dims
+
+    facts = Facts.of(model_dir, family)
+    for sub in subs.values():
+        sub.profile_dims = submodel_dims(profile, sub.name, sub.spec, facts)
+        sub.spec = dataclasses.replace(sub.spec, sample_dims=corners(sub.profile_dims))
+
+
 def check_targets(options: BuildOptions) -> None:
     """Every artifact is validated before it ships, so a target whose graph this machine cannot run is refused."""
     from sdc.compile.validate import validation_providers
@@ -139,6 +151,8 @@ def build(model_dir: Path, out: Path, options: BuildOptions = BuildOptions(), fo
     for name, cfg in resolve_configs(model_dir, index, names).items():
         subs[name] = SubmodelBuild(name, spec_for(name, cfg), cfg)
     check_tokenizers(model_dir, index.family, names)
+    if options.profile is not None:
+        apply_profile(model_dir, index.family, options.profile, subs)
     weight_files = sorted({f for n in names for f in find_weight_files(model_dir / folder_of(n), options.allow_pickle)})
 
     import paddle  # only now: every check that can fail fast has run

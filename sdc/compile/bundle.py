@@ -109,6 +109,9 @@ def manifest_for(ctx: BuildContext, files: dict) -> dict:
             "precision": ctx.options.precisions[0],
         },
         "submodels": submodels,
+        **({"profiles": [dict(ctx.options.profile.to_json(), dims={
+            n: {d: r.to_json() for d, r in sub.profile_dims.items()} for n, sub in ctx.submodels.items()})]}
+           if ctx.options.profile is not None else {}),
         "files": files,
     }
 

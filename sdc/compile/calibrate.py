@@ -141,10 +141,12 @@ class _Recorder:
 
 
 def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict], prompts_file: Path | None,
-            samples: int, log: Callable[[str], None] = print, observe: tuple[str, ...] = ()) -> CalibrationSet:
+            samples: int, log: Callable[[str], None] = print, observe: tuple[str, ...] = (),
+            size: tuple[int, int] | None = None) -> CalibrationSet:
     """Run calibration generations through the fp32 `artifacts` ({submodel: path}); see the module doc.
 
-    For the submodels in `observe`, the min/max of every float value of their graph is kept too.
+    For the submodels in `observe`, the min/max of every float value of their graph is kept too. `size`:
+    (height, width) of the generations (a build's profile's optimum; default: the model's native size).
     """
     import contextlib
 
@@ -174,6 +176,10 @@ def capture(model_dir: Path, artifacts: dict[str, Path], specs: dict[str, dict],
             session, extra = OnnxModel(p, specs[n], ["CPUExecutionProvider"]).session, []
         models[n] = _Recorder(session, outputs, extra, stores[n], ranges.get(n))
     config = PipelineConfig.from_diffusers(model_dir)
+    if size is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, default_height=size[0], default_width=size[1])
     tokenizers = load_tokenizers(model_dir, index.family, models)
     pipe = make_pipeline(index.family, models, tokenizers, read_json(model_dir / "scheduler" / "scheduler_config.json"),
                          config)

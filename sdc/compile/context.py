@@ -27,6 +27,7 @@ class BuildOptions:
     calibration_samples: int = 8  # UNet inputs captured for INT8 scales (sdc.compile.calibrate)
     # Depth-tied graph + weights streamed from the checkpoint (sdc.compile.streamed): auto | on | off
     stream_weights: str = "auto"
+    profile: Any = None  # sdc.profiles.Profile: the sizes the bundle serves; validation runs at its corners
 
 
 @dataclass
@@ -83,6 +84,7 @@ class SubmodelBuild:
     references: list = field(default_factory=list)  # [(dims, inputs, paddle outputs)] per sample shape
     artifacts: list[Artifact] = field(default_factory=list)
     ties: tuple = ()  # depth-tied runs of blocks (sdc.graphs.tied) when the weights are streamed
+    profile_dims: dict = field(default_factory=dict)  # dim -> sdc.profiles.Range under the build's profile
     reference_floor: float | None = None  # depth-tied: max |float32 module - float64 module| on the references
     linear_keys: tuple[str, ...] = ()  # the module's Linear weights (stored transposed), for streaming
     seconds: dict[str, float] = field(default_factory=dict)

@@ -68,8 +68,10 @@ def calibrate_stage(ctx: BuildContext) -> None:
     if int8_targets:
         observe = tuple(ctx.submodels)
     specs = {n: s.spec.to_json() for n, s in ctx.submodels.items()}
+    profile = ctx.options.profile  # calibrate at the size the bundle will serve most
+    size = (profile.height.opt, profile.width.opt) if profile is not None else None
     ctx.calibration = capture(ctx.model_dir, arts, specs, ctx.options.calibration_prompts,
-                              ctx.options.calibration_samples, log=ctx.log, observe=observe)
+                              ctx.options.calibration_samples, log=ctx.log, observe=observe, size=size)
 
 
 def _plan(ctx: BuildContext) -> dict[str, tuple[str, ...]]:
