@@ -38,6 +38,9 @@ def inspect(
     from sdc.runtime.loader import bundle_precisions
 
     console.print(f"precisions: {', '.join(bundle_precisions(manifest))}")
+    for prof in manifest.get("profiles", []):  # type-checked by read_manifest
+        ranges = ", ".join(f"{k} {':'.join(map(str, prof[k]))}" for k in ("batch", "height", "width", "text") if k in prof)
+        console.print(f"profile {prof['name']}: {ranges} (validated at its min and max corners)")
     io = Table(title="contracts")
     for col in ("submodel", "inputs", "outputs"):
         io.add_column(col)

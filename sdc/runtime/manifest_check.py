@@ -146,6 +146,14 @@ def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
     for i, v in enumerate(axes or []):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % 2:
             raise w.fail(f"pipeline.rope_axes_dims[{i}]", f"expected an even positive integer, got {v!r}")
+    for i, prof in enumerate(_field(w, manifest, "profiles", "", list, "a list of profiles", optional=True) or []):
+        where = f"profiles[{i}]"
+        _typed(w, where, prof, dict, "an object")
+        _field(w, prof, "name", where + ".", str, "a string")
+        for key in ("batch", "height", "width"):
+            r = _field(w, prof, key, where + ".", list, "[min, opt, max]")
+            if len(r) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in r):
+                raise w.fail(f"{where}.{key}", f"expected three positive integers [min, opt, max], got {r!r}"[:160])
     defaults = _obj(w, manifest, "defaults", "")
     for key in ("height", "width", "steps"):
         v = _field(w, defaults, key, "defaults.", int, "a positive integer")

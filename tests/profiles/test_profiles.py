@@ -95,3 +95,20 @@ def test_build_refuses_a_profile_off_the_grid_before_any_work(tmp_path) -> None:
     assert_one_line_error(run_sdc("build", FIXTURES / "sd1-tiny", "-o", out, "--profile", "30x32"), "off the model's grid")
     assert_nothing_written(out)
     assert_one_line_error(run_sdc("build", FIXTURES / "sd1-tiny", "-o", out, "--batch", "2"), "--profile")
+
+
+def test_profile_record_is_shown_and_type_checked(tmp_path) -> None:
+    import shutil
+
+    from tests.compile.test_bad_input import assert_one_line_error
+
+    out = tmp_path / "p.bundle"
+    assert run_sdc("build", FIXTURES / "sd1-tiny", "-o", out, "--only", "vae_decoder", "--profile", "64x64").returncode == 0
+    shown = run_sdc("inspect", out)
+    assert "profile 64x64: batch 1:1:1, height 64:64:64, width 64:64:64" in " ".join(shown.stdout.split())
+    bad = tmp_path / "bad.bundle"
+    shutil.copytree(out, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    m["profiles"][0]["height"] = [64, "x", 64]
+    (bad / "manifest.json").write_text(json.dumps(m))
+    assert_one_line_error(run_sdc("inspect", bad), "profiles[0].height", "three positive integers")
