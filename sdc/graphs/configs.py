@@ -20,7 +20,7 @@ SUPPORTED_PIPELINES = {
     "StableDiffusionInpaintPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusionXLImg2ImgPipeline": "sdxl",  # the refiner's class; a base saved as img2img too
-    "FluxPipeline": "flux",  # built and validated; the runtime's Flux pipeline is not there yet
+    "FluxPipeline": "flux",
     "FluxImg2ImgPipeline": "flux",
 }
 # Components a pipeline folder must have, per family. An SDXL refiner has no `text_encoder`/`tokenizer`.
