@@ -15,8 +15,8 @@ from sdc.runtime.bundle import (
     FORMAT, FORMAT_VERSION, MANIFEST, SCHEDULER_CONFIG, SUMMARY, TOKENIZER_DIRS, file_table,
 )
 
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0, "flux": 3.5}  # diffusers' defaults of each family's pipeline
+DEFAULT_STEPS = {"sd": 50, "sdxl": 50, "flux": 28}  # diffusers' defaults of each family's pipeline
+DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0, "flux": 3.5}
 
 
 def copy_assets(ctx: BuildContext) -> None:
@@ -105,7 +105,7 @@ def manifest_for(ctx: BuildContext, files: dict) -> dict:
         "defaults": {
             "scheduler": sched.get("_class_name"),
             "height": size, "width": size,
-            "steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE[ctx.index.family],
+            "steps": DEFAULT_STEPS[ctx.index.family], "guidance_scale": DEFAULT_GUIDANCE[ctx.index.family],
             "precision": ctx.options.precisions[0],
         },
         "submodels": submodels,

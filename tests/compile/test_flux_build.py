@@ -35,6 +35,8 @@ def test_builds_validated_and_verifies(flux_bundle) -> None:
     assert all(a["validation"]["passed"] for s in m["submodels"].values() for a in s["artifacts"])
     assert (flux_bundle / "tokenizer_2" / "tokenizer.json").is_file()
     assert m["pipeline"]["latent_channels"] == 16 and m["pipeline"]["vae_shift_factor"] == pytest.approx(0.1159)
+    assert m["defaults"]["steps"] == 28 and m["defaults"]["guidance_scale"] == 3.5  # FluxPipeline's defaults
+    assert m["pipeline"]["guidance_embeds"] is True and m["pipeline"]["rope_axes_dims"] == [4, 6, 6]
     assert run_sdc("verify", flux_bundle).returncode == 0
 
 
