@@ -82,14 +82,18 @@ def verify(
     if extra:
         ok = False
         console.print(f"  [red]✗[/] files not in the manifest: {', '.join(extra)}")
+    ran = skipped = 0
     if numerics:
         for line, passed in verify_numerics(bundle, manifest, provider):
-            if passed is None:  # the artifact needs a provider this machine lacks: said, not counted as passed
+            if passed is None:  # not run here (a missing provider, streamed weights): said, not counted as passed
                 console.print(f"  [yellow]-[/] {line}")
+                skipped += 1
                 continue
+            ran += 1
             ok &= passed
             console.print(f"  {'[green]✓[/]' if passed else '[red]✗[/]'} {line}")
-    what = f"{len(manifest['files'])} files" + (", numerics re-run" if numerics else "")
+    what = f"{len(manifest['files'])} files" + (f", numerics re-run on {ran} artifact(s)" if numerics else "") + \
+        (f" ({skipped} not run here)" if skipped else "")
     finish(ok, t0, f"verified {bundle}: {what}" if ok else f"{bundle} failed verification ({what}): see the ✗ lines")
     if not ok:
         raise typer.Exit(1)
