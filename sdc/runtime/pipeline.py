@@ -137,20 +137,36 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def _check_number(name: str, value: Any, minimum: float = 0.0) -> float:
+    """A finite number >= minimum (guidance scales and the like); bools are refused, not read as 0/1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) \
+            or value < minimum:
+        raise InputError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _check_strength(strength: Any) -> float:
+    if not (isinstance(strength, (int, float, np.number)) and 0.0 < strength <= 1.0):
+        raise InputError(f"strength must be in (0, 1], got {strength!r}")
+    return float(strength)
+
+
 def _check_call(c: PipelineConfig, output_type: str, seed: Any, image: Any, latents: Any, height: Any,
-                width: Any) -> None:
-    """The argument checks every pipeline's __call__ shares."""
+                width: Any, multiple: int | None = None, why: str = "") -> None:
+    """The argument checks every pipeline's __call__ shares. Height and width must be multiples of `multiple`
+    (default: the VAE's downscale; `why` says what makes a pipeline's larger)."""
     if output_type not in OUTPUT_TYPES:
         raise InputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise InputError(f"seed must be a non-negative integer or None, got {seed!r}")
     if image is not None and latents is not None:
         raise InputError("pass either latents (text-to-image) or image (image-to-image), not both")
+    # diffusers checks 8; this is the VAE downscale factor (8 for SD). The UNet needs no larger
+    # multiple: like diffusers' it resizes odd-sized skip connections on the way up.
+    multiple = multiple or c.vae_scale_factor
     for name, value in (("height", height), ("width", width)):
-        # diffusers checks 8; this is the VAE downscale factor (8 for SD). The UNet needs no larger
-        # multiple: like diffusers' it resizes odd-sized skip connections on the way up.
-        if value is not None and (_check_int(name, value, 1) % c.vae_scale_factor):
-            raise InputError(f"{name} must be a multiple of {c.vae_scale_factor}, got {value}")
+        if value is not None and (_check_int(name, value, 1) % multiple):
+            raise InputError(f"{name} must be a multiple of {multiple}{why}, got {value}")
 
 
 class StableDiffusionPipeline:
@@ -243,6 +259,24 @@ class StableDiffusionPipeline:
             latents = latents - self.config.shift_factor
         return (latents * self.config.scaling_factor).astype(np.float32)
 
+    def _init_image(self, image: Any, batch: int, height: int | None, width: int | None, multiple: int,
+                    latents_ok: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Image-to-image's input as (latents, pixels), one of them None: NCHW latents with the VAE's latent
+        channels are used as they are where the pipeline takes them (a base's latents for a refiner), anything
+        else is a picture (sdc.runtime.pipeline_images.preprocess, sizes rounded down to `multiple`). Refused
+        when the images cannot be spread over the `batch` generations."""
+        latents = pixels = None
+        c = self.config
+        if latents_ok and isinstance(image, np.ndarray) and image.ndim == 4 and image.shape[1] == c.latent_channels != 3:
+            latents = np.asarray(image, dtype=np.float32)
+        else:
+            pixels = preprocess(image, height, width, multiple)
+        n_images = (latents if latents is not None else pixels).shape[0]
+        if batch % n_images:
+            raise InputError(f"{n_images} images cannot be spread over {batch} generations "
+                             "(prompts x num_images_per_prompt must be a multiple of the image count)")
+        return latents, pixels
+
     def _run(self, name: str, **inputs: np.ndarray) -> Mapping[str, np.ndarray]:
         t0 = time.perf_counter()
         out = self.models[name](**inputs)
@@ -283,18 +317,14 @@ class StableDiffusionPipeline:
         steps = _check_int("num_inference_steps", num_inference_steps, 1)
         per_prompt = _check_int("num_images_per_prompt", num_images_per_prompt, 1)
         _check_call(c, output_type, seed, image, latents, height, width)
-        if not isinstance(guidance_scale, (int, float, np.number)) or not np.isfinite(guidance_scale) or guidance_scale < 0:
-            raise InputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-        if image is not None and not (isinstance(strength, (int, float, np.number)) and 0.0 < strength <= 1.0):
-            raise InputError(f"strength must be in (0, 1], got {strength!r}")
+        _check_number("guidance_scale", guidance_scale)
+        if image is not None:
+            _check_strength(strength)
 
         batch = len(prompts) * per_prompt
         init = None
         if image is not None:
-            init = preprocess(image, height, width, c.vae_scale_factor)
-            if batch % init.shape[0]:
-                raise InputError(f"{init.shape[0]} images cannot be spread over {batch} generations "
-                                 "(prompts x num_images_per_prompt must be a multiple of the image count)")
+            _, init = self._init_image(image, batch, height, width, c.vae_scale_factor, latents_ok=False)
             if min(int(steps * strength), steps) < 1:  # diffusers' get_timesteps would return no step
                 raise InputError(f"strength {strength} x num_inference_steps {steps} leaves no denoising step")
         else:

@@ -29,8 +29,7 @@ import numpy as np
 
 from sdc.errors import InputError
 from sdc.runtime.pipeline import (Model, PipelineConfig, StableDiffusionPipeline, StepCallback, _check_call,
-                                  _check_int, _prompts, randn)
-from sdc.runtime.pipeline_images import preprocess
+                                  _check_int, _check_number, _check_strength, _prompts, randn)
 from sdc.runtime.pipeline_xl import _second
 from sdc.runtime.rope import image_ids, rope_tables
 
@@ -56,13 +55,6 @@ def calculate_shift(image_seq_len: int, cfg: Mapping[str, Any]) -> float:
     base_shift, max_shift = cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)
     m = (max_shift - base_shift) / (max_len - base_len)
     return image_seq_len * m + base_shift - m * base_len
-
-
-def _number(name: str, value: Any, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) \
-            or value < minimum:
-        raise InputError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
-    return float(value)
 
 
 class FluxPipeline(StableDiffusionPipeline):
@@ -171,19 +163,16 @@ class FluxPipeline(StableDiffusionPipeline):
         prompts_2 = _second("prompt_2", prompt_2, len(prompts)) or prompts
         steps = _check_int("num_inference_steps", num_inference_steps, 1)
         per_prompt = _check_int("num_images_per_prompt", num_images_per_prompt, 1)
-        _check_call(c, output_type, seed, image, latents, height, width)
-        for name, value in (("height", height), ("width", width)):
-            if value is not None and value % self.multiple:
-                raise InputError(f"{name} must be a multiple of {self.multiple} (the VAE's downscale {c.vae_scale_factor} "
-                                 f"x 2 for Flux's 2x2 latent patches), got {value}")
-        guidance = _number("guidance_scale", guidance_scale)
-        true_cfg = _number("true_cfg_scale", true_cfg_scale)
+        _check_call(c, output_type, seed, image, latents, height, width, self.multiple,
+                    f" (the VAE's downscale {c.vae_scale_factor} x 2 for Flux's 2x2 latent patches)")
+        guidance = _check_number("guidance_scale", guidance_scale)
+        true_cfg = _check_number("true_cfg_scale", true_cfg_scale)
         limit = min(MAX_SEQUENCE_LENGTH, self.tokenizers["text_encoder_2"].model_max_length)
         seq_len = _check_int("max_sequence_length", max_sequence_length, 1)
         if seq_len > limit:
             raise InputError(f"max_sequence_length {seq_len} is above the T5 tokenizer's {limit}")
-        if image is not None and not (isinstance(strength, (int, float, np.number)) and 0.0 < strength <= 1.0):
-            raise InputError(f"strength must be in (0, 1], got {strength!r}")
+        if image is not None:
+            _check_strength(strength)
         do_true_cfg = true_cfg > 1.0 and negative_prompt is not None  # as diffusers: both, or no negative branch
         negatives_2 = (_second("negative_prompt_2", negative_prompt_2, len(prompts)) or negatives) if do_true_cfg else None
 
@@ -191,17 +180,9 @@ class FluxPipeline(StableDiffusionPipeline):
         rng = np.random.default_rng(seed)
         sched = self.make_scheduler(scheduler)
         if image is not None:
-            init_latents = init_pixels = None
-            if isinstance(image, np.ndarray) and image.ndim == 4 and image.shape[1] == c.latent_channels != 3:
-                init_latents = np.asarray(image, dtype=np.float32)
-                if init_latents.shape[2] % 2 or init_latents.shape[3] % 2:
-                    raise InputError(f"init latents of shape {init_latents.shape}: the latent grid must be even")
-            else:
-                init_pixels = preprocess(image, height, width, self.multiple)
-            n_images = (init_latents if init_latents is not None else init_pixels).shape[0]
-            if batch % n_images:
-                raise InputError(f"{n_images} images cannot be spread over {batch} generations "
-                                 "(prompts x num_images_per_prompt must be a multiple of the image count)")
+            init_latents, init_pixels = self._init_image(image, batch, height, width, self.multiple)
+            if init_latents is not None and (init_latents.shape[2] % 2 or init_latents.shape[3] % 2):
+                raise InputError(f"init latents of shape {init_latents.shape}: the latent grid must be even")
             lh, lw = ((init_latents.shape[2], init_latents.shape[3]) if init_latents is not None else
                       (init_pixels.shape[2] // c.vae_scale_factor, init_pixels.shape[3] // c.vae_scale_factor))
             timesteps = self._timesteps(sched, steps, sigmas, (lh // 2) * (lw // 2))

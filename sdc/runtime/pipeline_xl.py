@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from sdc.errors import InputError
-from sdc.runtime.pipeline import (Model, PipelineConfig, StableDiffusionPipeline, StepCallback,
-                                  _check_call, _check_int, _prompts, randn)
-from sdc.runtime.pipeline_images import preprocess
+from sdc.runtime.pipeline import (Model, PipelineConfig, StableDiffusionPipeline, StepCallback, _check_call,
+                                  _check_int, _check_number, _check_strength, _prompts, randn)
 
 Size = tuple[int, int]
 
@@ -191,9 +190,8 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         steps = _check_int("num_inference_steps", num_inference_steps, 1)
         per_prompt = _check_int("num_images_per_prompt", num_images_per_prompt, 1)
         _check_call(c, output_type, seed, image, latents, height, width)
-        for name, value in (("guidance_scale", guidance_scale), ("guidance_rescale", guidance_rescale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value) or value < 0:
-                raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+        _check_number("guidance_scale", guidance_scale)
+        _check_number("guidance_rescale", guidance_rescale)
         start, end = _fraction("denoising_start", denoising_start), _fraction("denoising_end", denoising_end)
         if start is not None and end is not None and start >= end:
             raise InputError(f"denoising_start {start} must be below denoising_end {end}")
@@ -203,9 +201,8 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
                              "--refiner THIS), or use a base model")
         if image is None and start is not None:
             raise InputError("denoising_start needs an image to continue from (the base's latents)")
-        if image is not None and start is None and not (isinstance(strength, (int, float, np.number))
-                                                          and 0.0 < strength <= 1.0):
-            raise InputError(f"strength must be in (0, 1], got {strength!r}")
+        if image is not None and start is None:
+            _check_strength(strength)
         crops = _size("crops_coords_top_left", crops_coords_top_left, (0, 0))
         neg_crops = _size("negative_crops_coords_top_left", negative_crops_coords_top_left, (0, 0))
         neg_original = _size("negative_original_size", negative_original_size, None)
@@ -218,15 +215,8 @@ class StableDiffusionXLPipeline(StableDiffusionPipeline):
         rng = np.random.default_rng(seed)
         sched = self.make_scheduler(scheduler)
         init_latents = init_pixels = None
-        if image is not None:
-            if isinstance(image, np.ndarray) and image.ndim == 4 and image.shape[1] == c.latent_channels != 3:
-                init_latents = np.asarray(image, dtype=np.float32)  # latents from a base, used as they are
-            else:
-                init_pixels = preprocess(image, height, width, c.vae_scale_factor)
-            n_images = (init_latents if init_latents is not None else init_pixels).shape[0]
-            if batch % n_images:
-                raise InputError(f"{n_images} images cannot be spread over {batch} generations "
-                                 "(prompts x num_images_per_prompt must be a multiple of the image count)")
+        if image is not None:  # pixels, or latents from a base, used as they are
+            init_latents, init_pixels = self._init_image(image, batch, height, width, c.vae_scale_factor)
             timesteps = self._img2img_timesteps(sched, steps, float(strength), start)
             if len(timesteps) < 1:
                 raise InputError(f"strength {strength} x num_inference_steps {steps} leaves no denoising step")
