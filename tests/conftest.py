@@ -36,13 +36,18 @@ def pipeline_cases() -> dict[str, dict]:
     return json.loads((PIPELINE_REFS / "index.json").read_text(encoding="utf-8"))
 
 
-def load_pipeline_case(key: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """(settings, arrays) of one reference generation."""
+def load_refs_case(folder: Path, name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(settings, arrays) of one reference generation written by a make_*_pipeline_refs.py script."""
     import json
 
-    with np.load(PIPELINE_REFS / f"{key}.npz") as z:
+    with np.load(folder / f"{name}.npz") as z:
         arrays = {k: z[k] for k in z.files}
     return json.loads(str(arrays.pop("settings"))), arrays
+
+
+def load_pipeline_case(key: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(settings, arrays) of one SD reference generation."""
+    return load_refs_case(PIPELINE_REFS, key)
 
 
 def pipeline_kwargs(s: dict, arrays: dict[str, np.ndarray], image_as_pil: bool = False) -> dict:

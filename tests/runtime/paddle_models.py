@@ -5,6 +5,7 @@ Lets pipeline tests run against a diffusers fixture folder before (or without) b
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,3 +51,24 @@ def load_models(model_dir: str | Path, names: tuple[str, ...] | None = None) -> 
         spec = spec_for(name, cfg)
         models[name] = PaddleModel(sdc.graphs.load(model_dir, name), tuple(spec.input_names), tuple(spec.output_names))
     return models
+
+
+_PIPELINES: dict[str, object] = {}
+
+
+def fixture_pipeline(model_dir: str | Path):
+    """The runtime's pipeline (SD, SDXL or Flux, as sdc.runtime.loader makes it) over the Paddle submodels of a
+    diffusers folder, with the folder's tokenizers and scheduler config; built once per process."""
+    from sdc.graphs.configs import load_model_index
+    from sdc.runtime.loader import load_tokenizers, make_pipeline
+    from sdc.runtime.pipeline import PipelineConfig
+
+    key = str(model_dir)
+    if key not in _PIPELINES:
+        folder = Path(model_dir)
+        family = load_model_index(folder).family
+        models = load_models(folder)
+        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+        _PIPELINES[key] = make_pipeline(family, models, load_tokenizers(folder, family, models), scheduler_config,
+                                        PipelineConfig.from_diffusers(folder))
+    return _PIPELINES[key]

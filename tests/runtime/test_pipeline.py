@@ -7,8 +7,6 @@ numpy schedulers and tokenizer.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,29 +23,11 @@ ATOL = 1e-3  # on images in [0, 1]
 # ----------------------------------------------------------------------------- reference cases
 
 
-def _paddle_models():
-    """tests/runtime/paddle_models.py, imported by path: works whatever pytest's rootdir and import mode."""
-    import importlib.util
+def _pipeline(family: str) -> StableDiffusionPipeline:
+    pytest.importorskip("paddle")
+    from tests.runtime.paddle_models import fixture_pipeline
 
-    spec = importlib.util.spec_from_file_location("sdc_test_paddle_models", Path(__file__).with_name("paddle_models.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _pipeline(family: str, cache: dict = {}) -> StableDiffusionPipeline:  # noqa: B006 (per-process cache)
-    if family not in cache:
-        pytest.importorskip("paddle")
-        pytest.importorskip("sdc.runtime.schedulers")
-        tokenizer_mod = pytest.importorskip("sdc.runtime.tokenizer")
-        load_models = _paddle_models().load_models
-        folder = FIXTURES / family
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-        cache[family] = StableDiffusionPipeline(
-            load_models(folder), tokenizer_mod.CLIPTokenizer.from_folder(folder / "tokenizer"), scheduler_config,
-            PipelineConfig.from_diffusers(folder),
-        )
-    return cache[family]
+    return fixture_pipeline(FIXTURES / family)
 
 
 @pytest.mark.parametrize("key", sorted(INDEX))

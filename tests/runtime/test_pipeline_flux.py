@@ -8,14 +8,13 @@ tokenizers. tests/compile/test_flux_build.py runs some of them through built bun
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sdc.errors import InputError
 from sdc.runtime.pipeline_flux import pack_latents, unpack_latents
-from tests.conftest import FIXTURES, REFS
+from tests.conftest import FIXTURES, REFS, load_refs_case
 
 REFS_FLUX = REFS / "pipelines-flux"
 INDEX = json.loads((REFS_FLUX / "index.json").read_text(encoding="utf-8"))
@@ -23,9 +22,7 @@ ATOL = 1e-3  # on images in [0, 1]
 
 
 def load_case(name: str) -> tuple[dict, dict[str, np.ndarray]]:
-    with np.load(REFS_FLUX / f"{name}.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    return json.loads(str(arrays.pop("settings"))), arrays
+    return load_refs_case(REFS_FLUX, name)
 
 
 def call_kwargs(s: dict, arrays: dict[str, np.ndarray]) -> dict:
@@ -44,24 +41,12 @@ def run_reference(pipe, s: dict, arrays: dict[str, np.ndarray]) -> tuple[np.ndar
     return image, steps
 
 
-def _pipeline(model: str, cache: dict = {}):  # noqa: B006 (per-process cache)
+def _pipeline(model: str):
     """The runtime's Flux pipeline over Paddle modules of a fixture folder (no bundle)."""
-    if model not in cache:
-        pytest.importorskip("paddle")
-        import importlib.util
+    pytest.importorskip("paddle")
+    from tests.runtime.paddle_models import fixture_pipeline
 
-        from sdc.runtime.loader import load_tokenizers, make_pipeline
-        from sdc.runtime.pipeline import PipelineConfig
-
-        spec = importlib.util.spec_from_file_location("sdc_test_paddle_models", Path(__file__).with_name("paddle_models.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        folder = FIXTURES / model
-        models = module.load_models(folder)
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-        cache[model] = make_pipeline("flux", models, load_tokenizers(folder, "flux", models), scheduler_config,
-                                     PipelineConfig.from_diffusers(folder))
-    return cache[model]
+    return fixture_pipeline(FIXTURES / model)
 
 
 @pytest.mark.parametrize("name", sorted(INDEX))

@@ -8,13 +8,12 @@ tokenizers. tests/compile/test_sdxl_build.py runs some of them through built bun
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from sdc.errors import InputError
-from tests.conftest import FIXTURES, REFS
+from tests.conftest import FIXTURES, REFS, load_refs_case
 
 REFS_XL = REFS / "pipelines-xl"
 INDEX = json.loads((REFS_XL / "index.json").read_text(encoding="utf-8"))
@@ -22,9 +21,7 @@ ATOL = 1e-3  # on images in [0, 1]
 
 
 def load_case(name: str) -> tuple[dict, dict[str, np.ndarray]]:
-    with np.load(REFS_XL / f"{name}.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    return json.loads(str(arrays.pop("settings"))), arrays
+    return load_refs_case(REFS_XL, name)
 
 
 def call_kwargs(s: dict, arrays: dict[str, np.ndarray]) -> dict:
@@ -51,28 +48,12 @@ def run_reference(pipes, s: dict, arrays: dict[str, np.ndarray]) -> tuple[np.nda
     return pipes("sdxl-refiner-tiny")(image=latents, **s["refiner"], output_type="np"), steps
 
 
-def _pipeline(model: str, cache: dict = {}):  # noqa: B006 (per-process cache)
+def _pipeline(model: str):
     """The runtime's SDXL pipeline over Paddle modules of a fixture folder (no bundle)."""
-    if model not in cache:
-        pytest.importorskip("paddle")
-        import importlib.util
+    pytest.importorskip("paddle")
+    from tests.runtime.paddle_models import fixture_pipeline
 
-        from sdc.graphs.configs import load_model_index
-        from sdc.runtime.loader import make_pipeline
-        from sdc.runtime.pipeline import PipelineConfig
-        from sdc.runtime.tokenizer import CLIPTokenizer
-
-        spec = importlib.util.spec_from_file_location("sdc_test_paddle_models", Path(__file__).with_name("paddle_models.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        folder = FIXTURES / model
-        index = load_model_index(folder)
-        tokenizers = {n: CLIPTokenizer.from_folder(folder / t) for n, t in
-                      (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")) if index.has(n)}
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-        cache[model] = make_pipeline(index.family, module.load_models(folder), tokenizers, scheduler_config,
-                                     PipelineConfig.from_diffusers(folder))
-    return cache[model]
+    return fixture_pipeline(FIXTURES / model)
 
 
 @pytest.mark.parametrize("name", sorted(INDEX))
