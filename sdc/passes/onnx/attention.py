@@ -96,6 +96,26 @@ def split_heads(t: ir.Value, shape: ir.Value) -> tuple[int, int] | str:
     return heads, head_dim
 
 
+def check_heads_scores_merge(result: MatchResult, split: dict, scale, softmax_axis, out_shape, where) -> MatchResult:
+    """What every multi-head attention rule checks once the heads are known (`split`: q/k/v -> (heads, head
+    size)): one head count, equal q and k head sizes, a constant scalar scale, Softmax over the key axis,
+    and heads merged back into [B, S, heads x v head size]. Fails `result` (anchored at `where`) or returns it."""
+    (heads, head_dim), (k_heads, k_dim), (v_heads, v_dim) = split["q"], split["k"], split["v"]
+    if not heads == k_heads == v_heads:
+        return result.fail(f"head counts differ: q {heads}, k {k_heads}, v {v_heads}", where)
+    if head_dim != k_dim:
+        return result.fail(f"q and k head sizes differ ({head_dim}, {k_dim})", where)
+    if scalar(scale) is None:
+        return result.fail("scores are not scaled by a constant scalar", scale)
+    if softmax_axis.value not in (-1, 3):
+        return result.fail(f"Softmax over axis {softmax_axis.value}, not the key axis", softmax_axis)
+    merged = constant(out_shape)
+    width = heads * v_dim
+    if merged is None or merged.tolist() not in ([0, 0, width], [0, -1, width], [0, 0, -1]):
+        return result.fail(f"head-merge Reshape target {merged} is not [0, 0, {width}]", out_shape)
+    return result
+
+
 def check_attention(context, q, k, v, q_shape, k_shape, v_shape, scale, out_shape, softmax_axis, mask=None,
                     **_) -> MatchResult:
     result = MatchResult()
@@ -105,18 +125,9 @@ def check_attention(context, q, k, v, q_shape, k_shape, v_shape, scale, out_shap
         if isinstance(heads, str):
             return result.fail(f"{name}: {heads}", shape)
         split[name] = heads
-    (heads, head_dim), (k_heads, k_dim), (v_heads, v_dim) = split["q"], split["k"], split["v"]
-    if not heads == k_heads == v_heads:
-        return result.fail(f"head counts differ: q {heads}, k {k_heads}, v {v_heads}", k_shape)
-    if head_dim != k_dim:
-        return result.fail(f"q and k head sizes differ ({head_dim}, {k_dim})", k_shape)
-    if scalar(scale) is None:
-        return result.fail("scores are not scaled by a constant scalar", scale)
-    if softmax_axis.value not in (-1, 3):
-        return result.fail(f"Softmax over axis {softmax_axis.value}, not the key axis", softmax_axis)
-    merged = constant(out_shape)
-    if merged is None or merged.tolist() not in ([0, 0, heads * v_dim], [0, -1, heads * v_dim], [0, 0, -1]):
-        return result.fail(f"head-merge Reshape target {merged} is not [0, 0, {heads * v_dim}]", out_shape)
+    if not check_heads_scores_merge(result, split, scale, softmax_axis, out_shape, k_shape):
+        return result
+    heads = split["q"][0]
     if mask is not None:
         dims = mask.shape
         if dims is None or dims.rank() != 4 or dims[0] not in (1, q.shape[0]) or dims[1] not in (1, heads):

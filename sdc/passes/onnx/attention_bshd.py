@@ -36,7 +36,8 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRule
 
-from sdc.passes.onnx._fusion import attribute, constant, scalar
+from sdc.passes.onnx._fusion import attribute, scalar
+from sdc.passes.onnx.attention import check_heads_scores_merge
 
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -73,22 +74,11 @@ def check_bshd_attention(context, q, k, v, scale, out_shape, softmax_axis, **_) 
         if isinstance(heads, str):
             return result.fail(heads, t)
         split[name] = heads
-    (heads, head_dim), (k_heads, k_dim), (v_heads, v_dim) = split["q"], split["k"], split["v"]
-    if not heads == k_heads == v_heads:
-        return result.fail(f"head counts differ: q {heads}, k {k_heads}, v {v_heads}", k)
-    if head_dim != k_dim:
-        return result.fail(f"q and k head sizes differ ({head_dim}, {k_dim})", k)
+    if not check_heads_scores_merge(result, split, scale, softmax_axis, out_shape, k):
+        return result
     # MatMul broadcasts a batch of 1; MultiHeadAttention does not.
     if _differ(q.shape[0], k.shape[0]) or _differ(k.shape[0], v.shape[0]) or _differ(k.shape[1], v.shape[1]):
         return result.fail(f"batch or key length differ: q {q.shape}, k {k.shape}, v {v.shape}", k)
-    if scalar(scale) is None:
-        return result.fail("scores are not scaled by a constant scalar", scale)
-    if softmax_axis.value not in (-1, 3):
-        return result.fail(f"Softmax over axis {softmax_axis.value}, not the key axis", softmax_axis)
-    target = constant(out_shape)
-    width = heads * v_dim
-    if target is None or target.tolist() not in ([0, 0, width], [0, -1, width], [0, 0, -1]):
-        return result.fail(f"head-merge Reshape target {target} is not [0, 0, {width}]", out_shape)
     if attribute(context.root, "allowzero", 0) == 1:
         return result.fail("head-merge Reshape has allowzero=1: its 0s are sizes, not copies", out_shape)
     return result
