@@ -217,9 +217,9 @@ def _pattern(key: str) -> str:
 
 
 def _widen(arr: np.ndarray, storage: str) -> np.ndarray:
-    if storage == "BF16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    return arr.astype(np.float32)
+    from sdc.graphs.weights import widen_bf16
+
+    return widen_bf16(arr) if storage == "BF16" else arr.astype(np.float32)
 
 
 class _Writer:
@@ -352,6 +352,7 @@ def stream_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
     for art in sorted(sub.artifacts, key=lambda a: a.target != "portable"):
         path = ctx.work / art.path
         model = onnx.load(str(path), load_external_data=False)
+        check = _tied_values(model, path.parent)  # before untie adds the other blocks' initializers
         try:
             untie(model, sub.ties)
         except ExportError as e:
@@ -361,7 +362,7 @@ def stream_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
             continue
         streamed = path.name + ".streamed"
         written, wrote, reused = stream_artifact(model, path.parent, streamed, source,
-                                                 portable if art.target != "portable" else None, _tied_values(path))
+                                                 portable if art.target != "portable" else None, check)
         if art.target == "portable":
             portable = written
         total += wrote
@@ -403,18 +404,20 @@ def stream_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
             f"{len(done)} graph(s) in {time.perf_counter() - t0:.0f}s")
 
 
-def _tied_values(path: Path):
-    """check(name) for stream_artifact: a weight's value in the tied graph at `path`, read when asked."""
-    import onnx
-    from onnx import numpy_helper
+def _tied_values(model, folder: Path):
+    """check(name) for stream_artifact: a weight's value in the tied graph `model` (its initializers as they are
+    before untying; external data read from `folder` when asked, one tensor at a time)."""
+    from onnx import TensorProto, numpy_helper
 
-    tied = {t.name: t for t in onnx.load(str(path), load_external_data=False).graph.initializer}
+    tied = {t.name: t for t in model.graph.initializer}
 
     def check(name: str) -> np.ndarray | None:
         t = tied.get(name)
         if t is None:
             return None
-        arr = numpy_helper.to_array(t, base_dir=str(path.parent))  # reads external data, leaves `t` as it was
+        arr = numpy_helper.to_array(t, base_dir=str(folder))
+        if t.data_location == TensorProto.EXTERNAL:
+            t.ClearField("raw_data")  # to_array loaded the bytes into the proto: keep one tensor in memory, not all
         return arr
 
     return check

@@ -121,9 +121,12 @@ def read_ref(ref: TensorRef, widen: bool = True) -> np.ndarray:
     """One tensor, memory-mapped; BF16 widened to float32 unless `widen` is False (then uint16 bit patterns)."""
     arr = np.memmap(ref.path, dtype=_DTYPES[ref.dtype], mode="r", offset=ref.start, shape=ref.shape) \
         if ref.end > ref.start else np.zeros(ref.shape, _DTYPES[ref.dtype])
-    if ref.dtype == "BF16" and widen:
-        arr = (np.asarray(arr).astype(np.uint32) << 16).view(np.float32)
-    return arr
+    return widen_bf16(arr) if ref.dtype == "BF16" and widen else arr
+
+
+def widen_bf16(bits: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns (uint16) as the float32 values they are: exact."""
+    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
 
 
 def _read_safetensors(path: Path, want: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
