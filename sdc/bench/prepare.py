@@ -85,15 +85,13 @@ def _read(path: str) -> str:
 
 def component_dims(model_dir: Path, height: int, width: int, components: tuple[str, ...]) -> dict[str, dict[str, int]]:
     """Sizes per submodel: one CFG UNet step (batch 2), the encoder on both prompts, one image through the VAE."""
-    from sdc.graphs import load_config
     from sdc.graphs.configs import load_model_index
-    from sdc.graphs.specs import unet_multiple
+    from sdc.profiles import Facts
 
-    index = load_model_index(model_dir)
-    down = load_config(model_dir, "vae_decoder").downscale if index.has("vae") else 8
-    seq = load_config(model_dir, "text_encoder").max_position_embeddings if index.has("text_encoder") else 77
-    flux = index.family == "flux"
-    multiple = down * (2 if flux else unet_multiple(load_config(model_dir, "unet")) if index.has("unet") else 1)
+    family = load_model_index(model_dir).family
+    facts = Facts.of(model_dir, family)  # the same reading of VAE downscale, latent multiple and CLIP length
+    down, seq, flux = facts.downscale, facts.clip_sequence, family == "flux"
+    multiple = down * facts.multiple
     h, w = height, width
     if h % multiple or w % multiple or h <= 0 or w <= 0:
         raise InputError(f"--height {h} --width {w}: both must be positive multiples of {multiple} for this model")

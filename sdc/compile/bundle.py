@@ -38,6 +38,7 @@ def copy_assets(ctx: BuildContext) -> None:
 def pipeline_config(ctx: BuildContext) -> dict:
     """Facts about the source the runtime pipeline needs (VAE scaling, latent geometry)."""
     from sdc.graphs import load_config
+    from sdc.graphs.specs import unet_multiple
 
     vae = load_config(ctx.model_dir, "vae_decoder")
     flux = {}
@@ -48,7 +49,7 @@ def pipeline_config(ctx: BuildContext) -> dict:
     else:
         unet = load_config(ctx.model_dir, "unet")
         in_ch, out_ch, sample = unet.in_channels, unet.out_channels, unet.sample_size
-        multiple = 2 ** (len(unet.block_out_channels) - 1)
+        multiple = unet_multiple(unet)
     return {
         "vae_scaling_factor": vae.scaling_factor,
         "vae_shift_factor": vae.shift_factor,
