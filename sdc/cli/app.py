@@ -26,7 +26,8 @@ app = typer.Typer(
 )
 
 BundleArg = Annotated[Path, typer.Argument(help="Path of an sdc bundle (a folder ending in .bundle).")]
-ProviderOpt = Annotated[str, typer.Option("--provider", help="ONNX Runtime provider: auto, cpu, cuda, tensorrt.")]
+ProviderOpt = Annotated[str, typer.Option("--provider", help="auto (TensorRT engines, else ONNX Runtime on CUDA, "
+                                          "else CPU; says what it chose and why), tensorrt, cuda or cpu.")]
 PrecisionOpt = Annotated[Optional[str], typer.Option(
     "--precision", help="fp32, fp16, bf16, int8 or w8 (default: the bundle's default precision where this provider "
     "runs it, else the fastest it has).")]
@@ -55,6 +56,8 @@ def finish(ok: bool, t0: float, what: str | None = None) -> None:
 def describe_artifacts(pipe) -> None:
     """One line per submodel: which artifact the runtime chose."""
     console = stderr_console()
+    if getattr(pipe, "backend", None) is not None:
+        console.print(f"  backend: {pipe.backend.reason}", markup=False, soft_wrap=True)
     for name, art in pipe.artifacts.items():
         console.print(f"  {name:14s} {art['target']}/{art['precision']}  {art['path']}", markup=False)
 

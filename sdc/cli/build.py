@@ -141,10 +141,33 @@ def build(
     _print_summary(console, result)
     for w in result.warnings:
         console.print(f"[bold red]WARNING[/] {w}")
+    if target and "tensorrt" in target and not result.warnings:
+        _engines_after_build(console, result.out, result.manifest)
     n = sum(len(s["artifacts"]) for s in result.manifest["submodels"].values())
     size = sum(f["bytes"] for f in result.manifest["files"].values())
     finish(not result.warnings, t0, f"built {result.out}: {n} artifacts of {len(result.manifest['submodels'])} "
            f"submodels, {size / 2**20:.1f} MiB" + (f", {len(result.warnings)} warning(s)" if result.warnings else ""))
+
+
+def _engines_after_build(console, out: Path, manifest: dict) -> None:
+    """`--target tensorrt`: build the engines too where TensorRT and a GPU are here, else say where to."""
+    from sdc.runtime.backend import tensorrt_here
+
+    env = tensorrt_here()
+    if isinstance(env, str):
+        console.print(f"engines: not built here ({env.split(' (')[0]}); run `sdc engines build {out}` on the GPU "
+                      "host that will serve them", markup=False, soft_wrap=True)
+        return
+    if not manifest.get("profiles"):
+        console.print(f"engines: not built (they need a shape profile: rebuild with --profile, or run "
+                      f"`sdc engines build {out} --profile ...`)", markup=False, soft_wrap=True)
+        return
+    from sdc.engines import BuilderSettings
+    from sdc.engines.install import add_engines
+    from sdc.engines.tensorrt import build_plan
+
+    add_engines(out, manifest["profiles"][0], BuilderSettings(), env, build_plan,
+                progress=lambda line: console.print(line, markup=False))
 
 
 def quiet_third_parties() -> None:

@@ -41,6 +41,10 @@ def inspect(
     for prof in manifest.get("profiles", []):  # type-checked by read_manifest
         ranges = ", ".join(f"{k} {':'.join(map(str, prof[k]))}" for k in ("batch", "height", "width", "text") if k in prof)
         console.print(f"profile {prof['name']}: {ranges} (validated at its min and max corners)")
+    from sdc.cli.engines import engines_text
+
+    for line in engines_text(manifest):
+        console.print(line, markup=False)
     io = Table(title="contracts")
     for col in ("submodel", "inputs", "outputs"):
         io.add_column(col)

@@ -35,6 +35,7 @@ def generate(
     provider: ProviderOpt = "auto",
     precision: PrecisionOpt = None,
     target: TargetOpt = None,
+    build_engines: Annotated[bool, typer.Option("--build-engines", help="With TensorRT here but no engine for this GPU in the bundle: build them into the bundle first (instead of falling back to ONNX Runtime).")] = False,
     verify: Annotated[str, typer.Option("--verify", help="Checksum check on load: full (every byte), sizes (fast), none.")] = "full",
     prompt_2: Annotated[Optional[str], typer.Option("--prompt-2", help="SDXL, Flux: prompt for the second text encoder (default: the prompt; Flux: T5).", rich_help_panel=XL)] = None,
     negative_2: Annotated[Optional[str], typer.Option("--negative-2", help="SDXL, Flux: negative prompt for the second text encoder.", rich_help_panel=XL)] = None,
@@ -53,7 +54,7 @@ def generate(
     true_cfg: Annotated[Optional[float], typer.Option("--true-cfg", help="Flux: true classifier-free guidance scale; above 1 with --negative, two transformer passes per step (default 1: off).", rich_help_panel=FLUX)] = None,
     max_sequence_length: Annotated[Optional[int], typer.Option("--max-sequence-length", help="Flux: T5 tokens the prompt is padded or cut to (default 512; schnell checkpoints use 256).", rich_help_panel=FLUX)] = None,
 ) -> None:
-    """Generate an image from a bundle (ONNX Runtime; Paddle is not needed).
+    """Generate an image from a bundle (TensorRT engines or ONNX Runtime; Paddle is not needed).
 
     SDXL bundles take the options under "SDXL"; with --refiner the base runs the first --handover of
     the schedule and a refiner bundle the rest, as diffusers' base + refiner pipelines do.
@@ -65,7 +66,8 @@ def generate(
     from sdc.errors import InputError
 
     t0 = time.perf_counter()
-    pipe = sdc.runtime.load(bundle, provider=provider, verify=verify, precision=precision, target=target)
+    pipe = sdc.runtime.load(bundle, provider=provider, verify=verify, precision=precision, target=target,
+                            build_engines=build_engines)
     describe_artifacts(pipe)
     xl = dict(prompt_2=prompt_2, negative_prompt_2=negative_2, guidance_rescale=guidance_rescale,
               original_size=_pair("--original-size", original_size, "x"), crops_coords_top_left=_pair("--crop", crop, ","),

@@ -6,9 +6,10 @@ built on. Its content key hashes all of those, so a plan is never loaded blindly
 this machine's is a rebuild (when allowed) or a fallback with the reason. Plans live at
 `engines/<key>/<submodel>.<precision>.plan`.
 
-What exists so far: keys, paths and the environment probe; `sdc engines build` refuses with one line where
-TensorRT (or a GPU) is missing, leaving the bundle unchanged. The TensorRT builder and runtime are not
-written yet: nothing here has run on a GPU (no GPU or TensorRT on the machines this was written on).
+Modules: this one (identity, the environment probe, the can-use check), `tensorrt` (the builder and the
+refit, TensorRT imported lazily), `install` (adding engines to a bundle atomically). The runtime side is
+sdc.runtime.backend (which backend runs) and sdc.runtime.tensorrt_model (running a plan). None of the
+TensorRT calls has run on a GPU yet (no GPU or TensorRT on the machines this was written on).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import asdict, dataclass
 
 from sdc.errors import InputError
 
-ENGINES_DIR = "engines"
 KEY_LENGTH = 16  # hex digits of the content key in the path (the manifest keeps every fact besides)
 
 
@@ -53,10 +53,6 @@ def engine_key(artifact: dict, files: dict, profile: dict, settings: BuilderSett
         "environment": asdict(env),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:KEY_LENGTH]
-
-
-def engine_path(key: str, submodel: str, precision: str) -> str:
-    return f"{ENGINES_DIR}/{key}/{submodel}.{precision}.plan"
 
 
 def probe() -> Environment:

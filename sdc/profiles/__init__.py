@@ -132,6 +132,19 @@ class Facts:
                      if index.has(n) and not (family == "flux" and n == "text_encoder_2")), 77)
         return cls(family, down, multiple, clip)
 
+    @classmethod
+    def of_manifest(cls, manifest: dict) -> Facts:
+        """The same facts from a bundle's manifest (for `sdc engines build --profile` on a built bundle)."""
+        family, p = manifest["source"]["family"], manifest["pipeline"]
+        clip = 77
+        for name in ("text_encoder", "text_encoder_2"):
+            sub = manifest["submodels"].get(name)
+            if sub and not (family == "flux" and name == "text_encoder_2"):
+                clip = next((t["shape"][1] for t in sub["inputs"] if t["name"] == "input_ids"
+                             and len(t["shape"]) == 2 and isinstance(t["shape"][1], int)), clip)
+                break
+        return cls(family, int(p["vae_downscale"]), int(p.get("unet_latent_multiple") or 1), clip)
+
 
 def check_sizes(profile: Profile, facts: Facts) -> None:
     step = facts.downscale * facts.multiple
@@ -162,13 +175,32 @@ def submodel_dims(profile: Profile, name: str, spec, facts: Facts) -> dict[str, 
         "tokens": Range(image_tokens.min + text.min, image_tokens.opt + text.opt, image_tokens.max + text.max),
     }
     dims: dict[str, Range] = {}
-    for t in list(spec.inputs) + list(spec.outputs):
-        for d in t.shape:
+    tensors = list(spec.inputs) + list(spec.outputs) if not isinstance(spec, dict) else spec["inputs"] + spec["outputs"]
+    for t in tensors:
+        for d in (t["shape"] if isinstance(t, dict) else t.shape):
             if isinstance(d, str):
                 if d not in known:
                     raise InputError(f"--profile {profile.name}: {name} has a dim {d!r} no profile defines")
                 dims[d] = known[d]
     return dims
+
+
+def bundle_profile(manifest: dict, text: str | None, batch: str | None = None,
+                   text_length: str | None = None) -> dict:
+    """A profile of a built bundle as the manifest records it ({name, batch, height, width, [text], dims}):
+    the one named `text` (or the first) among its recorded profiles, else `text` parsed and derived
+    from the manifest's facts and contracts (a profile the build never validated: said by the caller)."""
+    recorded = manifest.get("profiles") or []
+    if text is None or (batch is None and text_length is None and any(p["name"] == text for p in recorded)):
+        if not recorded:
+            raise InputError("the bundle records no shape profile; give --profile (e.g. sd-512) or rebuild it with "
+                             "sdc build --profile")
+        return next((p for p in recorded if text is None or p["name"] == text), recorded[0])
+    facts = Facts.of_manifest(manifest)
+    profile = parse_profile(text, batch, facts.family, text_length)
+    dims = {name: {d: r.to_json() for d, r in submodel_dims(profile, name, sub, facts).items()}
+            for name, sub in manifest["submodels"].items()}
+    return dict(profile.to_json(), dims=dims)
 
 
 def corners(dims: dict[str, Range]) -> tuple[dict[str, int], ...]:

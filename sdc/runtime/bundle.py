@@ -42,8 +42,17 @@ def validation_path(submodel: str) -> str:
     return f"{submodel}/validation.safetensors"
 
 
-def engine_path(compute_capability: str, submodel: str, precision: str, key: str) -> str:
-    return f"engines/{compute_capability}/{submodel}.{precision}.{key}.plan"
+ENGINES_DIR = "engines"
+
+
+def engine_path(key: str, submodel: str, precision: str) -> str:
+    """Where a TensorRT plan lives: one folder per content key (sdc.engines.engine_key)."""
+    return f"{ENGINES_DIR}/{key}/{submodel}.{precision}.plan"
+
+
+def timing_cache_path(gpu_key: str) -> str:
+    """TensorRT's kernel timing cache of one GPU kind and TensorRT version, reused by every build there."""
+    return f"{ENGINES_DIR}/timing-{gpu_key}.cache"
 
 
 # Migrations: _MIGRATIONS[v] turns a version-v manifest into version v+1.

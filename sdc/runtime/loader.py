@@ -103,8 +103,41 @@ def load_tokenizers(root: Path, family: str, names) -> dict:
     return tokenizers
 
 
+def open_engine(root: Path, manifest: dict, name: str, entry: dict):
+    """One submodel's TensorRT engine (sdc.runtime.tensorrt_model), refit from the ONNX artifact it was built from."""
+    from sdc.runtime.tensorrt_model import TensorrtModel
+
+    sub = manifest["submodels"][name]
+    art = next(a for a in sub["artifacts"] if a["path"] == entry["artifact"])  # checked by read_manifest
+    return TensorrtModel(safe_join(root, entry["path"]), safe_join(root, art["path"]), sub, entry), art
+
+
+def choose_here(root: Path, manifest: dict, provider: str, precision: str | None, build_engines: bool):
+    """The backend for this machine (sdc.runtime.backend); builds the engines first when that is the choice."""
+    import onnxruntime as ort
+
+    from sdc.runtime.backend import choose_backend, tensorrt_here
+
+    has_engines = any(s.get("engines") for s in manifest["submodels"].values())
+    if provider == "tensorrt" or (provider == "auto" and (has_engines or build_engines)):
+        trt = tensorrt_here()
+    else:
+        trt = "the bundle has no engines (sdc engines build adds them on a GPU host)"
+    choice = choose_backend(provider, manifest, precision, trt, ort.get_available_providers(), build_engines)
+    if choice.build:
+        from sdc.engines import BuilderSettings
+        from sdc.engines.install import add_engines
+        from sdc.engines.tensorrt import build_plan
+        from sdc.profiles import bundle_profile
+
+        add_engines(root, bundle_profile(manifest, None), BuilderSettings(), trt, build_plan, choice.precision)
+        manifest = read_manifest(root)
+        choice = choose_backend(provider, manifest, precision, trt, ort.get_available_providers())
+    return choice, manifest
+
+
 def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, target: str | None = None,
-         precision: str | None = None):
+         precision: str | None = None, build_engines: bool = False):
     """Load a bundle as a StableDiffusion(XL)Pipeline or FluxPipeline; `pipe.models[name](**inputs)` runs one submodel.
 
     verify: "full" checks every file's sha256 (seconds for a real model), "sizes" only sizes, "none" nothing.
@@ -113,6 +146,9 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     precision: fp32, fp16, bf16, int8 or w8; None takes the bundle's default precision when this
     provider's target has it, else the fastest the bundle has for it (sdc.runtime.precisions.PREFERENCE).
     `pipe.artifacts[name]` says which artifact each submodel runs.
+    provider: auto (TensorRT engines -> ONNX Runtime CUDA -> CPU, sdc.runtime.backend), tensorrt, cuda or
+    cpu; `pipe.backend` says what was chosen and why. build_engines: build missing TensorRT engines here
+    (writes into the bundle, atomically) instead of falling back.
     """
     from sdc.runtime.pipeline import PipelineConfig
 
@@ -123,10 +159,16 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     family = manifest["source"]["family"]
     if verify != "none":
         verify_files(root, manifest, full=verify == "full")
-    providers = resolve_providers(provider)
-    tuned = target or PROVIDER_TARGET.get(providers[0], "portable")
-    chosen = choose_precision(manifest, providers[0], tuned, precision)
-    opened = {name: open_model(root, manifest, name, providers, tuned, threads, chosen) for name in manifest["submodels"]}
+    choice, manifest = choose_here(root, manifest, provider, precision, build_engines)
+    if choice.backend == "tensorrt":
+        chosen = choice.precision
+        opened = {name: open_engine(root, manifest, name, entry) for name, entry in choice.engines.items()}
+    else:
+        providers = resolve_providers(choice.backend)
+        tuned = target or PROVIDER_TARGET.get(providers[0], "portable")
+        chosen = choose_precision(manifest, providers[0], tuned, precision)
+        opened = {name: open_model(root, manifest, name, providers, tuned, threads, chosen)
+                  for name in manifest["submodels"]}
     models = {name: m for name, (m, _) in opened.items()}
     tokenizers = load_tokenizers(root, family, manifest["submodels"])
     scheduler_path = safe_join(root, SCHEDULER_CONFIG)
@@ -152,5 +194,6 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     pipe.manifest = manifest
     pipe.defaults = d
     pipe.precision = chosen
+    pipe.backend = choice
     pipe.artifacts = {name: art for name, (_, art) in opened.items()}
     return pipe

@@ -109,6 +109,34 @@ def _check_record(w: _Where, record: dict, prefix: str) -> None:
     _field(w, sens, "excluded", prefix + "sensitivity.", list, "a list", optional=True)
 
 
+_KEY = re.compile(r"[0-9a-f]{16}")
+_ENVIRONMENT = {"tensorrt": str, "cuda_major": int, "gpu_name": str, "compute_capability": str}
+
+
+def _check_engine(w: _Where, e: dict, prefix: str, name: str, sub: dict, files: dict, precisions) -> None:
+    """An engine entry: the facts the runtime compares with this machine before it loads the plan."""
+    if _field(w, e, "submodel", prefix, str, "a submodel name") != name:
+        raise w.fail(prefix + "submodel", f"{e['submodel'][:40]!r} is listed under {name}")
+    key = _field(w, e, "key", prefix, str, "a 16-digit hex key")
+    if not _KEY.fullmatch(key) or e["path"].split("/")[:2] != ["engines", key]:
+        raise w.fail(prefix + "key", f"{key[:40]!r} is not a 16-digit hex key naming the plan's folder")
+    if _field(w, e, "precision", prefix, str, "a precision name") not in precisions:
+        raise w.fail(prefix + "precision", f"unknown precision {e['precision'][:40]!r}")
+    if _field(w, e, "artifact", prefix, str, "an artifact path") not in [a.get("path") for a in sub["artifacts"]]:
+        raise w.fail(prefix + "artifact", f"{e['artifact'][:80]!r} is not one of {name}'s artifacts")
+    _field(w, e, "profile", prefix, str, "a profile name")
+    for dim, r in _field(w, e, "dims", prefix, dict, "an object of [min, opt, max]").items():
+        if not (isinstance(r, list) and len(r) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                            for v in r) and r[0] <= r[1] <= r[2]):
+            raise w.fail(f"{prefix}dims[{dim!r}]", f"expected [min, opt, max] positive integers in order, got {r!r}"[:160])
+    _field(w, e, "settings", prefix, dict, "an object")
+    env = _field(w, e, "environment", prefix, dict, "an object")
+    for field, kind in _ENVIRONMENT.items():
+        _field(w, env, field, prefix + "environment.", kind, f"a {'number' if kind is int else 'string'}")
+    if _field(w, e, "sha256", prefix, str, "a sha256 hex digest") != files[e["path"]]["sha256"]:
+        raise w.fail(prefix + "sha256", "differs from the file table's; the bundle is malformed")
+
+
 def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
     """Raise BundleError (one line) on the first field of `manifest` with a wrong type or an unsafe path."""
     from sdc.runtime.bundle import SCHEDULER_CONFIG, TOKENIZER_DIRS
@@ -226,6 +254,7 @@ def check_manifest(root: Path, manifest: dict, manifest_path: Path) -> None:
             ep = f"{p}engines[{i}]"
             _typed(w, ep, e, dict, "an object")
             listed(ep + ".path", _field(w, e, "path", ep + ".", str, "a relative path"))
+            _check_engine(w, e, ep + ".", name, sub, files, PRECISIONS)
     for i, e in enumerate(_field(w, manifest, "engines", "", list, "a list of engines", optional=True) or []):
         _typed(w, f"engines[{i}]", e, dict, "an object")
         listed(f"engines[{i}].path", _field(w, e, "path", f"engines[{i}].", str, "a relative path"))

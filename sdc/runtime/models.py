@@ -8,10 +8,11 @@ import numpy as np
 
 from sdc.errors import BundleError, InputError
 
+# ONNX Runtime's providers. TensorRT is not among them: sdc runs its own TensorRT engines
+# (sdc.runtime.tensorrt_model), chosen by sdc.runtime.backend.
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 
 
@@ -38,8 +39,11 @@ def resolve_providers(provider: str) -> list[str]:
     available = ort.get_available_providers()
     if provider == "auto":
         return PROVIDERS["cuda"] if "CUDAExecutionProvider" in available else PROVIDERS["cpu"]
+    if provider == "tensorrt":
+        raise InputError("provider 'tensorrt' runs a bundle's TensorRT engines (sdc.runtime.load / sdc generate); "
+                         "ONNX Runtime sessions run on cpu or cuda")
     if provider not in PROVIDERS:
-        raise InputError(f"provider {provider!r} is unknown; choose auto, cpu, cuda or tensorrt")
+        raise InputError(f"provider {provider!r} is unknown; choose auto, cpu or cuda")
     if PROVIDERS[provider][0] not in available:
         raise InputError(
             f"provider {provider!r} needs {PROVIDERS[provider][0]}, which this onnxruntime lacks "

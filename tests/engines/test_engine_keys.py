@@ -1,15 +1,10 @@
-"""Engine identity (sdc.engines) and `sdc engines build` where TensorRT is missing. Nothing here needs a GPU; the
-TensorRT builder itself is not written yet (said by the command)."""
+"""Engine identity (sdc.engines): content keys and the check that refuses a plan built for another machine."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-
-import pytest
-
-from sdc.engines import BuilderSettings, Environment, check_can_use, engine_key, engine_path
-from tests.conftest import FIXTURES, run_sdc
+from sdc.engines import BuilderSettings, Environment, check_can_use, engine_key
+from sdc.runtime.bundle import engine_path
 
 ART = {"sha256": "a" * 64, "data_paths": ["unet/model.onnx.data"], "precision": "fp16",
        "precision_record": {"islands": ["n1"]}}
@@ -41,16 +36,3 @@ def test_a_plan_for_another_gpu_or_tensorrt_is_not_loaded() -> None:
     why = check_can_use(entry, dataclasses.replace(ENV, compute_capability="8.6", gpu_name="NVIDIA A10"))
     assert why is not None and "built for" in why
 
-
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_engines_build_without_tensorrt_says_what_is_missing_and_changes_nothing(tmp_path) -> None:
-    from tests.compile.test_bad_input import assert_one_line_error
-
-    out = tmp_path / "p.bundle"
-    assert run_sdc("build", FIXTURES / "sd1-tiny", "-o", out, "--only", "vae_decoder", "--profile", "64x64").returncode == 0
-    before = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")}
-    assert_one_line_error(run_sdc("engines", "build", out), "TensorRT is not installed")
-    assert {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")} == before
-    plain = tmp_path / "plain.bundle"
-    assert run_sdc("build", FIXTURES / "sd1-tiny", "-o", plain, "--only", "vae_decoder").returncode == 0
-    assert_one_line_error(run_sdc("engines", "build", plain), "records no shape profile", "--profile")
