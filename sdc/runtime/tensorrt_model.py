@@ -104,13 +104,13 @@ class TensorrtModel:
         cudart = self.cudart
         if not self.cuda_graphs or not same_shapes:
             self._drop_graph()
-            if not self.context.execute_async_v3(self.stream):
+            if not self.context.execute_async_v3(int(self.stream)):
                 raise RuntimeError(f"{self.path}: TensorRT execution failed")
             return
         if self.graph_exec is None:  # the previous call ran these shapes once: capture now
             mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
             _ok(cudart.cudaStreamBeginCapture(self.stream, mode))
-            ok = self.context.execute_async_v3(self.stream)
+            ok = self.context.execute_async_v3(int(self.stream))
             graph = _ok(cudart.cudaStreamEndCapture(self.stream))
             if not ok:
                 raise RuntimeError(f"{self.path}: TensorRT execution failed while capturing a CUDA graph")
