@@ -53,6 +53,10 @@ def build_engines(
     settings = BuilderSettings(optimization_level, workspace_mib, strip)
     console.print(f"[bold]sdc engines build[/] {bundle}: TensorRT {env.tensorrt} on {env.gpu_name} "
                   f"(sm {env.compute_capability}), profile {chosen['name']}")
+    if chosen not in (manifest.get("profiles") or []):
+        console.print(f"note: the build validated its graphs at {', '.join(p['name'] for p in manifest.get('profiles') or [])}"
+                      f" corners, not at {chosen['name']}'s; rebuild with --profile {chosen['name']} to validate "
+                      "what these engines serve", markup=False, soft_wrap=True)
     entries = add_engines(Path(bundle), chosen, settings, env, build_plan, precision, only,
                           progress=lambda line: console.print(line, markup=False))
     finish(True, t0, f"added {len(entries)} engine(s) to {bundle}" if entries else f"{bundle}: engines up to date")
