@@ -74,7 +74,7 @@ def engines_text(manifest: dict) -> list[str]:
     lines = []
     for e in entries:
         env_of = e["environment"]
-        usable = env if isinstance(env, str) else (check_can_use(e, env) or "yes")
+        usable = env if isinstance(env, str) else (check_can_use(e, env, manifest) or "yes")
         lines.append(f"engine {e['submodel']} {e['precision']} {e['path']} ({e['bytes'] / 2**20:.1f} MiB): "
                      f"TensorRT {env_of['tensorrt']}, {env_of['gpu_name']} sm {env_of['compute_capability']}, "
                      f"CUDA {env_of['cuda_major']}, profile {e['profile']}; usable here: {usable}")

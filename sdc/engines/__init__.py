@@ -76,10 +76,20 @@ def probe() -> Environment:
     return Environment(tensorrt.__version__, int(version) // 1000, name, f"{props.major}.{props.minor}")
 
 
-def check_can_use(entry: dict, env: Environment) -> str | None:
-    """Why a manifest engine entry cannot be loaded on `env` (None when it can): never load a plan blindly."""
+def check_can_use(entry: dict, env: Environment, manifest: dict | None = None) -> str | None:
+    """Why a manifest engine entry cannot be loaded on `env` (None when it can): never load a plan blindly.
+
+    With the manifest, the key is also recomputed from the artifact's current hashes, the profile dims and
+    the builder settings the entry states: a plan whose inputs changed since it was built is refused."""
     want = entry.get("environment") or {}
     for field, have in asdict(env).items():
         if want.get(field) != have:
             return f"built for {field} {want.get(field)!r}, this machine has {have!r}"
+    if manifest is not None:
+        sub = manifest["submodels"][entry["submodel"]]
+        art = next(a for a in sub["artifacts"] if a["path"] == entry["artifact"])
+        key = engine_key(art, manifest["files"], dict(entry["dims"], name=entry["profile"]),
+                         BuilderSettings(**entry["settings"]), env)
+        if key != entry["key"]:
+            return f"built from other inputs (its key {entry['key']} is {key} for this bundle's {entry['artifact']})"
     return None

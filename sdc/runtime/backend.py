@@ -41,12 +41,12 @@ def usable_engines(manifest: dict, env, precision: str | None) -> tuple[dict, st
         chosen = {}
         for name, sub in subs.items():
             candidates = [e for e in sub.get("engines", []) if e["precision"] == p]
-            fits = [e for e in candidates if check_can_use(e, env) is None]
+            fits = [e for e in candidates if check_can_use(e, env, manifest) is None]
             if fits:
                 chosen[name] = fits[-1]  # the newest entry
                 continue
             if candidates:
-                why = why or f"the {p} engine of {name} was {check_can_use(candidates[-1], env)}"
+                why = why or f"the {p} engine of {name} was {check_can_use(candidates[-1], env, manifest)}"
             else:
                 why = why or f"the bundle has no {p} engine of {name}"
             break

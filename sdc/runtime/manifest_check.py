@@ -110,6 +110,7 @@ def _check_record(w: _Where, record: dict, prefix: str) -> None:
 
 
 _KEY = re.compile(r"[0-9a-f]{16}")
+_SETTINGS = {"optimization_level": int, "workspace_mib": int, "weight_stripped": bool}
 _ENVIRONMENT = {"tensorrt": str, "cuda_major": int, "gpu_name": str, "compute_capability": str}
 
 
@@ -129,7 +130,11 @@ def _check_engine(w: _Where, e: dict, prefix: str, name: str, sub: dict, files: 
         if not (isinstance(r, list) and len(r) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                                             for v in r) and r[0] <= r[1] <= r[2]):
             raise w.fail(f"{prefix}dims[{dim!r}]", f"expected [min, opt, max] positive integers in order, got {r!r}"[:160])
-    _field(w, e, "settings", prefix, dict, "an object")
+    settings = _field(w, e, "settings", prefix, dict, "an object")
+    for field, kind in _SETTINGS.items():
+        _field(w, settings, field, prefix + "settings.", kind, "true or false" if kind is bool else "a number")
+    if set(settings) - set(_SETTINGS):
+        raise w.fail(prefix + "settings", f"unknown fields {sorted(set(settings) - set(_SETTINGS))} (a newer sdc's?)")
     env = _field(w, e, "environment", prefix, dict, "an object")
     for field, kind in _ENVIRONMENT.items():
         _field(w, env, field, prefix + "environment.", kind, f"a {'number' if kind is int else 'string'}")

@@ -179,6 +179,8 @@ def test_plans_refuse_unknown_submodels_and_profiles_without_them(bundle) -> Non
     ("precision", "fp7", "unknown precision"),
     ("dims", {"batch": [4, 2, 1]}, "in order"),
     ("environment", {"tensorrt": "11.4.0"}, "environment.cuda_major: missing"),
+    ("settings", {"optimization_level": "3", "workspace_mib": 1, "weight_stripped": True},
+     "settings.optimization_level: expected a number"),
     ("submodel", "vae_decoder", "is listed under unet"),
     ("path", "../outside.plan", "escapes the bundle"),
 ])

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sdc.engines import Environment
+from sdc.engines import BuilderSettings, Environment, engine_key
 from sdc.errors import InputError
 from sdc.runtime.backend import choose_backend, usable_engines
 from sdc.runtime.tensorrt_model import check_shapes
@@ -20,16 +20,25 @@ WITH_CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 NO_TRT = "TensorRT is not installed here (pip install tensorrt, on a machine with an NVIDIA GPU and its driver)"
 
 
-def engine(sub: str, env: Environment, precision: str = "fp16") -> dict:
-    return {"submodel": sub, "precision": precision, "environment": dataclasses.asdict(env), "key": "0" * 16}
+def engine(sub: str, env: Environment, precision: str = "fp16", **changes) -> dict:
+    """An entry as sdc.engines.install writes it; its key is computed by `manifest` from the artifact's hashes."""
+    return dict({"submodel": sub, "precision": precision, "artifact": f"{sub}/{precision}.onnx", "profile": "p",
+                 "dims": {"batch": [1, 2, 4]}, "settings": dataclasses.asdict(BuilderSettings()),
+                 "environment": dataclasses.asdict(env)}, **changes)
 
 
 def manifest(*engines: dict, default: str = "fp16") -> dict:
-    subs = {name: {"artifacts": [{"target": "portable", "precision": p, "path": f"{name}/{p}.onnx"}
-                                 for p in ("fp32", "fp16")], "engines": []} for name in ("text_encoder", "unet")}
+    files = {f"{n}/{p}.onnx": {"sha256": f"{i}{j}" * 32, "bytes": 1}
+             for i, n in enumerate(("text_encoder", "unet")) for j, p in enumerate(("fp32", "fp16"))}
+    subs = {name: {"artifacts": [{"target": "portable", "precision": p, "path": f"{name}/{p}.onnx",
+                                  "sha256": files[f"{name}/{p}.onnx"]["sha256"]} for p in ("fp32", "fp16")],
+                   "engines": []} for name in ("text_encoder", "unet")}
     for e in engines:
-        subs[e["submodel"]]["engines"].append(e)
-    return {"submodels": subs, "defaults": {"precision": default}}
+        art = next(a for a in subs[e["submodel"]]["artifacts"] if a["path"] == e["artifact"])
+        key = engine_key(art, files, dict(e["dims"], name=e["profile"]), BuilderSettings(**e["settings"]),
+                         Environment(**e["environment"]))
+        subs[e["submodel"]]["engines"].append(dict(e, key=e.get("key", key)))
+    return {"submodels": subs, "defaults": {"precision": default}, "files": files}
 
 
 def test_auto_takes_tensorrt_when_every_submodel_has_an_engine_for_this_gpu() -> None:
@@ -50,6 +59,17 @@ def test_auto_falls_back_in_order_and_says_why() -> None:
     assert c.backend == "cpu"
     assert c.reason == ("ONNX Runtime on the CPU (not TensorRT: TensorRT is not installed here; "
                         "not CUDA: this onnxruntime has no CUDAExecutionProvider)")
+
+
+def test_an_engine_whose_inputs_changed_is_not_loaded() -> None:
+    m = manifest(engine("text_encoder", H100), engine("unet", H100, key="0123456789abcdef"))
+    engines, why = usable_engines(m, H100, None)
+    assert engines == {} and why.startswith("the fp16 engine of unet was built from other inputs (its key "
+                                            "0123456789abcdef is ")
+    settings = dict(dataclasses.asdict(BuilderSettings()), optimization_level=5)  # stated, but not what was built
+    m = manifest(engine("text_encoder", H100), engine("unet", H100))
+    m["submodels"]["unet"]["engines"][0]["settings"] = settings
+    assert "built from other inputs" in usable_engines(m, H100, None)[1]
 
 
 def test_missing_engine_of_one_submodel_is_named() -> None:
