@@ -79,6 +79,12 @@ class TensorrtModel:
         self.stream = _ok(cudart.cudaStreamCreate())
         self.dtypes = {t["name"]: np.dtype(t["dtype"]) for t in spec["inputs"] + spec["outputs"]}
         self.output_names = [t["name"] for t in spec["outputs"]]
+        trt_types = {"float32": trt.float32, "float16": trt.float16, "int32": trt.int32, "int64": trt.int64,
+                     "bool": trt.bool, "int8": trt.int8, "uint8": trt.uint8}
+        for name, dtype in self.dtypes.items():  # the buffers are sized and read by the spec's dtypes
+            if self.engine.get_tensor_dtype(name) != trt_types.get(dtype.name):
+                raise BundleError(f"{plan}: tensor {name} is {self.engine.get_tensor_dtype(name)} in the engine, "
+                                  f"{dtype.name} in the bundle's contract; rebuild the engines")
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self.cuda_graphs = cuda_graphs
         self.graph_exec = None
