@@ -68,6 +68,32 @@ def pipeline_kwargs(s: dict, arrays: dict[str, np.ndarray], image_as_pil: bool =
     return kw
 
 
+def pytest_configure(config) -> None:
+    _onnxruntime_threads_sleep_when_idle()
+
+
+def _onnxruntime_threads_sleep_when_idle() -> None:
+    """Sessions made in the test processes keep their threads but do not spin them between ops.
+
+    pytest-xdist runs one worker per core, and each ONNX Runtime session has as many intra-op threads, which
+    by default spin between ops: on tiny graphs that burns the cores the other workers need (measured: a
+    sixth of the workers' own CPU time). The thread count, and so every number, is unchanged.
+    """
+    import onnxruntime as ort
+
+    if getattr(ort.SessionOptions, "sdc_tests_no_spinning", False):
+        return
+
+    class SessionOptions(ort.SessionOptions):
+        sdc_tests_no_spinning = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+    ort.SessionOptions = SessionOptions
+
+
 def run_sdc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real CLI in a child process, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "sdc", *map(str, args)], capture_output=True, text=True, cwd=cwd)

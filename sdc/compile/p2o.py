@@ -9,6 +9,7 @@ submodel. A job that kills the worker fails alone: the jobs queued behind it go 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import subprocess
 import sys
@@ -60,13 +61,13 @@ class Worker:
         return f"the worker died (exit {code}): {why[:300]}"
 
     def close(self) -> None:
+        """Killed, not asked to exit: nothing more is read from it, and a clean exit costs a worker that is still
+        importing (a build that failed early) its remaining imports, and one that is done Paddle's teardown."""
         if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(OSError):  # a job line it never read: the pipe is broken
             self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         self.answers.close()
         self.log.close()
 

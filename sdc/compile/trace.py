@@ -67,6 +67,8 @@ def trace_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
     """`paddle.jit.to_static` with InputSpecs from the submodel spec; saves `<scratch>/<name>/model.json`."""
     import paddle
 
+    from sdc.compile.conversion import fast_conversion
+
     t0 = time.perf_counter()
     specs = [
         paddle.static.InputSpec([None if isinstance(d, str) else d for d in t.shape], t.dtype, t.name)
@@ -75,7 +77,8 @@ def trace_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
     static = paddle.jit.to_static(sub.layer, input_spec=specs, full_graph=True)
     prefix = ctx.scratch / sub.name / "model"
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    paddle.jit.save(static, str(prefix))
+    with fast_conversion():  # the conversion runs here, at save
+        paddle.jit.save(static, str(prefix))
     sub.program_prefix = prefix
     from sdc.passes.program import run_program_passes
 

@@ -24,11 +24,12 @@ def work(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def result(work, precision_bundles):
-    """sdc and sdc-passes build their bundles here; sdc-int8 times the precision tests' shared int8 bundle
-    (`--bundle sdc-int8=PATH`), which saves a calibrated build."""
-    options = dataclasses.replace(OPTIONS, given=(("sdc-int8", str(precision_bundles["sd1-tiny"])),))
-    return bench(TINY, options, work=work, command="pytest")
+def result(work, precision_bundles, bundles):
+    """sdc builds its bundle here (test_bundles_are_reused reuses it); sdc-passes times the session's default
+    build and sdc-int8 the precision tests' shared int8 bundle (`--bundle VARIANT=PATH`), which saves a UNet
+    build and a calibrated one."""
+    given = (("sdc-passes", str(bundles["sd1-tiny"])), ("sdc-int8", str(precision_bundles["sd1-tiny"])))
+    return bench(TINY, dataclasses.replace(OPTIONS, given=given), work=work, command="pytest")
 
 
 def test_every_variant_runs_and_agrees(result):
@@ -82,10 +83,10 @@ def test_bundles_are_reused(work):
     assert path == work / "bundles" / "sdc.bundle" and "reused" in note
 
 
-def test_given_bundle_is_checked_against_the_model_and_variant(result, work):
+def test_given_bundle_is_checked_against_the_model_and_variant(bundles):
     """`--bundle VARIANT=PATH`: a bundle built from these weights with the variant's target and precision is
     used as is; one from other weights, or without the variant's artifacts, is refused."""
-    built = work / "bundles" / "sdc-passes.bundle"
+    built = bundles["sd1-tiny"]  # the default build: ort-cpu fp32, no int8
     path, note = given_bundle(TINY, "sdc-passes", built)
     assert path == built and "given" in note
     with pytest.raises(InputError, match="other weights"):

@@ -61,14 +61,24 @@ def test_onnx_axes_are_named(bundles, family):
     assert model.opset_import[0].version >= 17
 
 
+@pytest.fixture(scope="module")
+def loaded(bundles):
+    """loaded(family, target): the bundle's runtime pipeline for that target, loaded once for every submodel's
+    comparison (a load opens every submodel's session)."""
+    import functools
+
+    import sdc.runtime
+
+    return functools.cache(lambda family, target: sdc.runtime.load(bundles[family], provider="cpu", verify="sizes",
+                                                                  target=target))
+
+
 @pytest.mark.parametrize("target", ["portable", "ort-cpu"])
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", list(CONTRACT))
-def test_onnx_matches_diffusers(bundles, family, name, target):
+def test_onnx_matches_diffusers(loaded, family, name, target):
     """The shipped graphs (portable and fused) against diffusers itself, not only against Paddle."""
-    import sdc.runtime
-
-    pipe = sdc.runtime.load(bundles[family], provider="cpu", verify="sizes", target=target)
+    pipe = loaded(family, target)
     inputs, outputs = CONTRACT[name]
     worst = 0.0
     for case, data in load_cases(REFS / family / f"{name}.npz").items():

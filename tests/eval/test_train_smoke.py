@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-for _mod in ("torch", "diffusers", "transformers"):
-    pytest.importorskip(_mod, reason="training needs the train extra: pip install -e '.[train]'")
+
+@pytest.fixture(autouse=True, scope="module")
+def _train_extra() -> None:
+    """Skipped without the train extra. Checked when this module's test runs, not at collection: every
+    pytest-xdist worker collects every module, and importing torch and diffusers costs each of them seconds."""
+    for mod in ("torch", "diffusers", "transformers"):
+        pytest.importorskip(mod, reason="training needs the train extra: pip install -e '.[train]'")
+
 
 ROOT = Path(__file__).resolve().parents[2]
 

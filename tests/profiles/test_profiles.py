@@ -75,10 +75,17 @@ def test_named_profiles_and_corners() -> None:
     assert corners({"a": Range.static(4)}) == ({"a": 4},)
 
 
-def test_build_validates_at_the_profile_corners(tmp_path) -> None:
-    out = tmp_path / "p.bundle"
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """One profiled build through the CLI for this module's tests: (the finished process, its bundle)."""
+    out = tmp_path_factory.mktemp("profiled") / "p.bundle"
     proc = run_sdc("build", FIXTURES / "sd1-tiny", "-o", out, "--only", "unet", "--profile", "32x32:64x64:64x96",
                    "--batch", "1:1:2")
+    return proc, out
+
+
+def test_build_validates_at_the_profile_corners(profiled) -> None:
+    proc, out = profiled
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((out / "manifest.json").read_text())
     (profile,) = m["profiles"]
@@ -97,15 +104,16 @@ def test_build_refuses_a_profile_off_the_grid_before_any_work(tmp_path) -> None:
     assert_one_line_error(run_sdc("build", FIXTURES / "sd1-tiny", "-o", out, "--batch", "2"), "--profile")
 
 
-def test_profile_record_is_shown_and_type_checked(tmp_path) -> None:
+def test_profile_record_is_shown_and_type_checked(profiled, tmp_path) -> None:
     import shutil
 
     from tests.compile.test_bad_input import assert_one_line_error
 
-    out = tmp_path / "p.bundle"
-    assert run_sdc("build", FIXTURES / "sd1-tiny", "-o", out, "--only", "vae_decoder", "--profile", "64x64").returncode == 0
+    proc, out = profiled
+    assert proc.returncode == 0, proc.stderr[-2000:]
     shown = run_sdc("inspect", out)
-    assert "profile 64x64: batch 1:1:1, height 64:64:64, width 64:64:64" in " ".join(shown.stdout.split())
+    assert ("profile 32x32:64x64:64x96: batch 1:1:2, height 32:64:64, width 32:64:96"
+            in " ".join(shown.stdout.split())), shown.stdout
     bad = tmp_path / "bad.bundle"
     shutil.copytree(out, bad)
     m = json.loads((bad / "manifest.json").read_text())

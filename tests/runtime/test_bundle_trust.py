@@ -7,6 +7,7 @@ or be refused with an SdcError, never crash with anything else, and never name a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -272,21 +273,37 @@ def _fresh(bundles, tmp_path_factory) -> Path:
     return dst
 
 
+_WATCH: dict = {"hooked": False, "example": None}  # example: (fuzz root, bundle, opens seen) while one runs
+
+
+def _audit(event, args) -> None:
+    example = _WATCH["example"]
+    if event != "open" or example is None or not args or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    root, inside, seen = example
+    p = os.path.realpath(os.fsdecode(args[0]))
+    if p.startswith(root) and not p.startswith(inside):
+        seen.append(p)
+
+
+@contextlib.contextmanager
 def _opens_only_inside(bundle: Path):
-    """An audit hook recording files opened under the fuzz root but outside the bundle."""
+    """Records, while the block runs, the files opened under the fuzz root but outside the bundle.
+
+    Audit hooks cannot be removed, and each one runs on every audited event of the process for the rest of its
+    life (every open, import, compile, frame access): one hook, installed once, watches only inside the block.
+    A hook per example (25) made the pytest-xdist worker that ran this test a third slower afterwards."""
     import sys
 
-    root = str(bundle.parent.parent)
-    inside = str(bundle)
+    if not _WATCH["hooked"]:
+        sys.addaudithook(_audit)
+        _WATCH["hooked"] = True
     seen: list[str] = []
-
-    def hook(event, args):
-        if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
-            p = os.path.realpath(os.fsdecode(args[0]))
-            if p.startswith(root) and not p.startswith(inside):
-                seen.append(p)
-    sys.addaudithook(hook)  # hooks cannot be removed; this one only appends to its own list
-    return seen
+    _WATCH["example"] = (str(bundle.parent.parent), str(bundle), seen)
+    try:
+        yield seen
+    finally:
+        _WATCH["example"] = None
 
 
 # SDC_FUZZ_EXAMPLES=500 fuzzes longer (CONTRIBUTING.md); the default keeps the suite fast.
@@ -311,17 +328,17 @@ def test_mutated_manifests_never_crash_or_escape(bundles, tmp_path_factory, data
         if not paths:
             break
     (bundle / "manifest.json").write_text(json.dumps(m))
-    seen = _opens_only_inside(bundle)
-    try:
-        from sdc.cli.bundle import inspect
+    with _opens_only_inside(bundle) as seen:
+        try:
+            from sdc.cli.bundle import inspect
 
-        inspect(bundle, as_json=False)  # every field `sdc inspect` shows, rendered
-        pipe = load(bundle, verify="sizes")
-    except SdcError as e:
-        assert "\n" not in str(e)
-        return
-    finally:
-        assert not seen, f"read outside the bundle: {seen}"
+            inspect(bundle, as_json=False)  # every field `sdc inspect` shows, rendered
+            pipe = load(bundle, verify="sizes")
+        except SdcError as e:
+            assert "\n" not in str(e)
+            return
+        finally:
+            assert not seen, f"read outside the bundle: {seen}"
     for a in pipe.artifacts.values():
         assert (bundle / a["path"]).resolve().is_relative_to(bundle.resolve())
 
