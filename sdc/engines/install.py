@@ -25,7 +25,9 @@ from typing import Callable
 
 from sdc.engines import BuilderSettings, Environment, engine_key
 from sdc.errors import InputError
-from sdc.runtime.bundle import ENGINES_DIR, MANIFEST, engine_path, read_manifest, sha256_file, timing_cache_path, verify_files
+from sdc.runtime.bundle import (
+    ENGINES_DIR, MANIFEST, engine_path, file_table, read_manifest, timing_cache_path, verify_files,
+)
 
 PlanWriter = Callable[..., bytes]  # (onnx_path, shapes, settings, timing_cache, log) -> plan bytes
 
@@ -104,7 +106,7 @@ def add_engines(root: Path, profile: dict, settings: BuilderSettings, env: Envir
     listed is not rebuilt.
     """
     from sdc.compile.output import OutputLock, environment_error, remove_stale_temporaries
-    from sdc.engines.tensorrt import BuildLog, write_atomically
+    from sdc.engines.tensorrt import BuildLog
 
     root = Path(root)
     with OutputLock(root):
@@ -129,19 +131,18 @@ def add_engines(root: Path, profile: dict, settings: BuilderSettings, env: Envir
             cache.parent.mkdir(parents=True)
             if (root / cache_rel).is_file():
                 shutil.copyfile(root / cache_rel, cache)
-            entries = []
             for p in todo:
                 log = BuildLog()
                 progress(f"  {p.submodel}: building {p.precision} engine from {p.artifact['path']} ...")
                 plan = write_plan(root / p.artifact["path"], p.shapes, settings, cache, log)
-                target = stage / p.path
+                target = stage / p.path  # the staging folder is the temporary: no file-level atomicity needed
                 target.parent.mkdir(parents=True, exist_ok=True)
-                write_atomically(target, plan)
-                (stage / ENGINES_DIR / p.key / f"{p.submodel}.{p.precision}.log").write_text(
-                    "\n".join(log.lines) + "\n", encoding="utf-8")
-                entries.append(p.entry(profile, settings, env, sha256_file(target), target.stat().st_size))
-                progress(f"  {p.submodel}: {target.stat().st_size / 2**20:.1f} MiB plan ({p.key})")
-            _commit(root, stage, manifest, entries)
+                target.write_bytes(plan)
+                target.with_suffix(".log").write_text("\n".join(log.lines) + "\n", encoding="utf-8")
+                progress(f"  {p.submodel}: {len(plan) / 2**20:.1f} MiB plan ({p.key})")
+            staged = file_table(stage)  # every plan, log and the timing cache, each hashed once
+            entries = [p.entry(profile, settings, env, staged[p.path]["sha256"], staged[p.path]["bytes"]) for p in todo]
+            _commit(root, stage, manifest, entries, staged)
         except OSError as e:
             err = environment_error(e, root)
             if err is not None:
@@ -157,26 +158,21 @@ def _replaces(old: dict, new: dict) -> bool:
     return old["key"] == new["key"] or all(old.get(k) == new.get(k) for k in same)
 
 
-def _commit(root: Path, stage: Path, manifest: dict, entries: list[dict]) -> None:
-    """Swap the staged engines and the new manifest in: the manifest's rename is the commit point."""
-    files = dict(manifest["files"])
-    dropped: set[str] = set()
+def _commit(root: Path, stage: Path, manifest: dict, entries: list[dict], staged: dict) -> None:
+    """Swap the staged engines (`staged`: their file table) and the new manifest in: the manifest's rename is
+    the commit point."""
+    dropped: set[str] = set()  # key folders of replaced entries: every file in them leaves the file table
     for entry in entries:
         sub = manifest["submodels"][entry["submodel"]]
         kept = []
         for old in sub.get("engines", []):
             if _replaces(old, entry):
-                dropped.add(old["path"])
+                dropped.add(old["path"].rsplit("/", 1)[0] + "/")
             else:
                 kept.append(old)
         sub["engines"] = kept + [entry]
-    for rel in sorted(dropped):
-        files.pop(rel, None)
-        files.pop(rel[: -len(".plan")] + ".log", None)
-    for f in sorted(stage.rglob("*")):
-        if f.is_file():
-            files[f.relative_to(stage).as_posix()] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
-    manifest["files"] = dict(sorted(files.items()))
+    files = {rel: info for rel, info in manifest["files"].items() if not rel.startswith(tuple(dropped))}
+    manifest["files"] = dict(sorted({**files, **staged}.items()))
     tmp = root / f".{MANIFEST}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     try:

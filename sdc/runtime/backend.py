@@ -40,15 +40,13 @@ def usable_engines(manifest: dict, env, precision: str | None) -> tuple[dict, st
     for p in ([precision] if precision else bundle_precisions(manifest)):
         chosen = {}
         for name, sub in subs.items():
-            candidates = [e for e in sub.get("engines", []) if e["precision"] == p]
-            fits = [e for e in candidates if check_can_use(e, env, manifest) is None]
+            checked = [(e, check_can_use(e, env, manifest)) for e in sub.get("engines", []) if e["precision"] == p]
+            fits = [e for e, reason in checked if reason is None]
             if fits:
                 chosen[name] = fits[-1]  # the newest entry
                 continue
-            if candidates:
-                why = why or f"the {p} engine of {name} was {check_can_use(candidates[-1], env, manifest)}"
-            else:
-                why = why or f"the bundle has no {p} engine of {name}"
+            why = why or (f"the {p} engine of {name} was {checked[-1][1]}" if checked
+                          else f"the bundle has no {p} engine of {name}")
             break
         if len(chosen) == len(subs):
             return chosen, None
