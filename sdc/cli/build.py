@@ -51,8 +51,8 @@ def build(
     ] = True,
     target: Annotated[
         Optional[list[str]],
-        typer.Option("--target", help="Extra target-tuned artifact beside the portable one (repeatable): "
-                     "ort-cpu, ort-cuda, tensorrt. Default: ort-cpu."),
+        typer.Option("--target", help="Extra target-tuned artifact beside the portable one (repeatable or a "
+                     "comma list): ort-cpu, ort-cuda, tensorrt. Default: ort-cpu."),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Log why each fusion pass matched nothing.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show the warnings and logs of Paddle, onnxscript and "
@@ -102,6 +102,8 @@ def build(
     t0 = time.perf_counter()
     console = stderr_console()
     console.print(f"[bold]sdc build[/] {model_dir} -> {out}")
+    if target is not None:  # `--target ort-cpu,tensorrt` as `--precision` takes its list
+        target = [t.strip() for item in target for t in item.split(",") if t.strip()]
     if target and not passes:
         from sdc.errors import InputError
 

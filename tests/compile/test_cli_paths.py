@@ -80,15 +80,16 @@ def test_only_no_passes_build(tmp_path):
 
 def test_only_target_debug_build_and_inspect_json(tmp_path):
     out = tmp_path / "t.bundle"
-    r = run_sdc("build", MODEL, "-o", out, "--only", "vae_decoder", "--target", "tensorrt", "--debug")
+    r = run_sdc("build", MODEL, "-o", out, "--only", "vae_decoder", "--target", "ort-cpu,tensorrt", "--debug")
     assert r.returncode == 0, r.stderr[-2000:]
     # --debug logs what each pass did (and, for a rule that rewrote nothing, its nearest misses), once.
     assert r.stderr.count("sdc.passes: optimize tensorrt") == 1, r.stderr[-3000:]
+    assert r.stderr.count("sdc.passes: optimize ort-cpu") == 1, r.stderr[-3000:]  # a comma list of targets
     j = run_sdc("inspect", out, "--json")
     assert j.returncode == 0
     m = json.loads(j.stdout)
     assert list(m["submodels"]) == ["vae_decoder"]
-    assert {a["target"] for a in m["submodels"]["vae_decoder"]["artifacts"]} == {"portable", "tensorrt"}
+    assert {a["target"] for a in m["submodels"]["vae_decoder"]["artifacts"]} == {"portable", "ort-cpu", "tensorrt"}
     assert m == read_manifest(out)
 
 
