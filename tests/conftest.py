@@ -107,19 +107,30 @@ def _shared_root(request, tmp_path_factory) -> Path:
     return root
 
 
-def _build_once(root: Path, name: str, model: Path, options=None) -> Path:
-    """Build `model` into root/name unless a worker already did (an flock serialises the workers)."""
+def _build_shared(root: Path, wanted: dict[str, tuple[Path, object]]) -> dict[str, Path]:
+    """Build each `name: (model, BuildOptions or None)` into root/name unless a worker already did; returns the paths.
+
+    One flock per bundle (not the build's own .OUT.lock) serialises the workers. A worker first builds the
+    bundles no other worker is building (non-blocking locks) and only then waits for the rest: two workers
+    that need the same set build its halves side by side instead of one waiting for the whole set.
+    """
     import fcntl
 
     from sdc.compile.build import build
     from sdc.compile.context import BuildOptions
 
-    path = root / name
-    with open(root / f".{name}.fixture-lock", "w") as lock:  # one per bundle (not the build's own .OUT.lock)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (path / "manifest.json").is_file():
-            build(model, path, options or BuildOptions())
-    return path
+    pending = dict(wanted)
+    for flags in (fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_EX):
+        for name, (model, options) in list(pending.items()):
+            with open(root / f".{name}.fixture-lock", "w") as lock:
+                try:
+                    fcntl.flock(lock, flags)
+                except BlockingIOError:
+                    continue  # another worker is building it: come back to it after the others
+                if not (root / name / "manifest.json").is_file():
+                    build(model, root / name, options or BuildOptions())
+            del pending[name]
+    return {name: root / name for name in wanted}
 
 
 @pytest.fixture(scope="session")
@@ -128,14 +139,14 @@ def precision_bundles(request, tmp_path_factory) -> dict[str, Path]:
     Built once per run (shared like `bundles`): the precision tests and the bench's sdc-int8 variant use them."""
     from sdc.compile.context import BuildOptions
 
-    root = _shared_root(request, tmp_path_factory)
-    return {
-        "sd1-tiny": _build_once(root, "sd1-precision.bundle", FIXTURES / "sd1-tiny",
-                                BuildOptions(precisions=("int8", "fp32", "fp16"), targets=("ort-cpu", "tensorrt"),
-                                             calibration_samples=8)),
-        "sd2-tiny": _build_once(root, "sd2-precision.bundle", FIXTURES / "sd2-tiny",
-                                BuildOptions(precisions=("int8", "fp32", "w8"), calibration_samples=8)),
-    }
+    paths = _build_shared(_shared_root(request, tmp_path_factory), {
+        "sd1-precision.bundle": (FIXTURES / "sd1-tiny", BuildOptions(precisions=("int8", "fp32", "fp16"),
+                                                                     targets=("ort-cpu", "tensorrt"),
+                                                                     calibration_samples=8)),
+        "sd2-precision.bundle": (FIXTURES / "sd2-tiny", BuildOptions(precisions=("int8", "fp32", "w8"),
+                                                                     calibration_samples=8)),
+    })
+    return {"sd1-tiny": paths["sd1-precision.bundle"], "sd2-tiny": paths["sd2-precision.bundle"]}
 
 
 @pytest.fixture(scope="session")
@@ -146,8 +157,9 @@ def bundles(request, tmp_path_factory) -> dict[str, Path]:
     own temporary roots, and the first to take its lock builds (tests must not modify these bundles:
     copy one first).
     """
-    root = _shared_root(request, tmp_path_factory)
-    return {family: _build_once(root, f"{family}.bundle", FIXTURES / family) for family in FAMILIES}
+    paths = _build_shared(_shared_root(request, tmp_path_factory),
+                          {f"{family}.bundle": (FIXTURES / family, None) for family in FAMILIES})
+    return {family: paths[f"{family}.bundle"] for family in FAMILIES}
 
 
 @pytest.fixture(scope="session")
@@ -155,9 +167,10 @@ def sdxl_bundles(request, tmp_path_factory) -> dict[str, Path]:
     """The SDXL base (fp32 first, then int8) and refiner (fp32) fixtures built once per run, shared like `bundles`."""
     from sdc.compile.context import BuildOptions
 
-    root = _shared_root(request, tmp_path_factory)
     options = {"sdxl-tiny": BuildOptions(precisions=("fp32", "int8"), calibration_samples=8)}
-    return {name: _build_once(root, f"{name}.bundle", FIXTURES / name, options.get(name)) for name in SDXL_FAMILIES}
+    paths = _build_shared(_shared_root(request, tmp_path_factory),
+                          {f"{name}.bundle": (FIXTURES / name, options.get(name)) for name in SDXL_FAMILIES})
+    return {name: paths[f"{name}.bundle"] for name in SDXL_FAMILIES}
 
 
 FLUX_FAMILIES = ("flux-tiny", "flux-schnell-tiny")  # dev-like and schnell-like (tests/fixtures/make_flux_fixtures.py)
@@ -166,8 +179,9 @@ FLUX_FAMILIES = ("flux-tiny", "flux-schnell-tiny")  # dev-like and schnell-like 
 @pytest.fixture(scope="session")
 def flux_bundles(request, tmp_path_factory) -> dict[str, Path]:
     """Both Flux fixtures built once per run with the default options, shared like `bundles`."""
-    root = _shared_root(request, tmp_path_factory)
-    return {name: _build_once(root, f"{name}.bundle", FIXTURES / name) for name in FLUX_FAMILIES}
+    paths = _build_shared(_shared_root(request, tmp_path_factory),
+                          {f"{name}.bundle": (FIXTURES / name, None) for name in FLUX_FAMILIES})
+    return {name: paths[f"{name}.bundle"] for name in FLUX_FAMILIES}
 
 
 @pytest.fixture
