@@ -94,9 +94,43 @@ def _onnxruntime_threads_sleep_when_idle() -> None:
     ort.SessionOptions = SessionOptions
 
 
-def run_sdc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The real CLI in a child process, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "sdc", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def run_sdc(*args: str, cwd: Path | None = None, isolated: bool = False) -> subprocess.CompletedProcess:
+    """The real CLI, from argv to exit code: `sdc.cli.main` with this argv, its stdout and stderr captured.
+
+    In this process by default: a child process would import Paddle, ONNX, onnx_ir and ONNX Runtime again,
+    2-3 s of CPU per call, about a quarter of the suite's time. `isolated=True` runs `python -m sdc` in a
+    child process, for what only a process boundary shows: lines C++ libraries write to the file
+    descriptors, Python warnings (pytest records them in this process), imports, signals, several
+    processes at once, global state a command sets up (--debug's log handler).
+    """
+    argv = [str(a) for a in args]
+    if isolated:
+        return subprocess.run([sys.executable, "-m", "sdc", *argv], capture_output=True, text=True, cwd=cwd)
+    import io
+    import os
+    import traceback
+
+    from sdc.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, sys.stdout, sys.stderr, os.getcwd()
+    code = 0
+    try:
+        sys.argv, sys.stdout, sys.stderr = ["sdc", *argv], out, err
+        if cwd is not None:
+            os.chdir(cwd)
+        main()
+    except SystemExit as e:  # what the interpreter does with it at exit
+        if isinstance(e.code, str):
+            print(e.code, file=err)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # an uncaught exception: the interpreter prints the traceback and exits 1
+        traceback.print_exc(file=err)
+        code = 1
+    finally:
+        sys.argv, sys.stdout, sys.stderr = saved[:3]
+        os.chdir(saved[3])
+    return subprocess.CompletedProcess(["sdc", *argv], code, out.getvalue(), err.getvalue())
 
 
 def _shared_root(request, tmp_path_factory) -> Path:

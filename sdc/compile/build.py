@@ -176,7 +176,7 @@ def _build_locked(model_dir: Path, out: Path, options: BuildOptions, force: bool
                   weight_files) -> tuple[dict, BuildContext, dict[str, float]]:
     """The build proper, with the output lock held: every stage into a temporary folder, then the swap."""
     from sdc.compile.bundle import bundle_stage
-    from sdc.compile.p2o import close_worker, start_worker
+    from sdc.compile.p2o import release_worker, start_worker
     from sdc.compile.output import check_output, claim, remove_stale_temporaries
     from sdc.graphs.weights import weights_sha256
 
@@ -225,7 +225,7 @@ def _build_locked(model_dir: Path, out: Path, options: BuildOptions, force: bool
         shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
-        close_worker()
+        release_worker()  # stopped unless idle and small: then the next build in this process reuses it
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return manifest, ctx, seconds

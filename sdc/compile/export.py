@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from sdc.compile.context import Artifact, BuildContext, SubmodelBuild
-from sdc.compile.p2o import close_worker, paddle2onnx_result
+from sdc.compile.p2o import close_worker, paddle2onnx_result, release_worker
 from sdc.errors import ExportError
 from sdc.runtime.bundle import model_path
 
@@ -92,7 +92,10 @@ def export_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
         write_artifacts(ctx, sub, lambda: exported_model(ctx, sub))
     finally:
         if sub.name == list(ctx.submodels)[-1]:
-            close_worker()  # the last export: free the worker's memory for the precision stage
+            if ctx.options.precisions == ("fp32",):
+                release_worker()  # the last export: kept for a next build in this process when small and idle
+            else:
+                close_worker()  # the last export: free the worker's memory for the precision stage
     sub.seconds["export"] = time.perf_counter() - t0
 
 

@@ -3,7 +3,7 @@
 The trace stage submits each submodel's program as soon as it is saved, and the export stage collects
 the graphs in the same order: the worker converts one submodel while the build traces the next (two
 processes on two cores), and paddle2onnx's imports are paid once per build instead of once per
-submodel. A job that kills the worker fails alone: the jobs queued behind it go to a fresh worker.
+submodel (once per process when small builds follow each other: `release_worker`). A job that kills the worker fails alone: the jobs queued behind it go to a fresh worker.
 """
 
 from __future__ import annotations
@@ -101,6 +101,33 @@ def close_worker() -> None:
         _worker.close()
         _worker = None
     _pending.clear()
+
+
+KEEP_IDLE_BELOW = 1 << 30  # bytes of resident memory
+
+
+def release_worker() -> None:
+    """A build is done with the worker: keep it for this process's next build when it is alive, idle and
+    under KEEP_IDLE_BELOW resident (a script or a test suite that builds several bundles skips paddle2onnx's
+    imports, 1-2 s of CPU per build), else stop it (a worker that converted a real-size graph keeps that
+    memory; one with jobs queued would answer them to the next build). The process's exit stops it."""
+    if _worker is not None and not _pending and _worker.proc.poll() is None:
+        rss = _resident_bytes(_worker.proc.pid)
+        if rss is not None and rss < KEEP_IDLE_BELOW:
+            return
+    close_worker()
+
+
+def _resident_bytes(pid: int) -> int | None:
+    """VmRSS of a process from /proc (Linux); None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def submit_paddle2onnx(key: str, program: Path, out: Path, opset: int) -> None:

@@ -1,14 +1,14 @@
 """Successful and gated CLI paths the failure tests do not reach: the validation gate and its opt-out,
 `--only/--target/--no-passes/--debug` builds, `--force` on a folder that is not a bundle, `inspect --json`,
 `verify --numerics` catching a relisted wrong graph, the runtime's fallback to the portable graph, manifest
-errors, the format-migration path, and one weight file shared by the portable and tuned graphs."""
+errors, the format-migration path, one weight file shared by the portable and tuned graphs, and the quiet
+default output (third-party lines only with --verbose)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
@@ -20,44 +20,41 @@ from sdc.runtime.loader import load
 from tests.conftest import FIXTURES, run_sdc
 
 MODEL = FIXTURES / "sd1-tiny"
-
-# A wrong epsilon slipped into every LayerNormalization of the exported graph (the fault the gate exists
-# for), injected into the real CLI in its own process.
-WRONG_EPSILON = """
-import sys
-import sdc.passes as passes
-real = passes.optimize
-def optimize(model, target, debug=False, after=None, base_dir=None):
-    model, report = real(model, target, debug, after, base_dir)
-    for node in model.graph.node:
-        if node.op_type == "LayerNormalization":
-            for a in node.attribute:
-                if a.name == "epsilon":
-                    a.f = 0.5
-    return model, report
-passes.optimize = optimize
-from sdc.cli import main
-sys.argv = ["sdc"] + sys.argv[1:]
-main()
-"""
+THIRD_PARTY = re.compile(r"^[IWEF]\d{4} \d|Warning|ccache|constant folding|\.py:\d+:")  # glog, Python warnings
 
 
-def run_faulty_build(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WRONG_EPSILON, "build", *map(str, args)], capture_output=True, text=True)
+@pytest.fixture
+def wrong_epsilon(monkeypatch):
+    """A wrong epsilon slipped into every LayerNormalization of the exported graph after the passes (the fault
+    the validation gate exists for), injected into the real CLI's build."""
+    import sdc.passes as passes
+
+    real = passes.optimize
+
+    def optimize(model, target, debug=False, after=None, base_dir=None):
+        model, report = real(model, target, debug, after, base_dir)
+        for node in model.graph.node:
+            if node.op_type == "LayerNormalization":
+                for a in node.attribute:
+                    if a.name == "epsilon":
+                        a.f = 0.5
+        return model, report
+
+    monkeypatch.setattr(passes, "optimize", optimize)
 
 
-def test_validation_gate_fails_the_build_and_writes_nothing(tmp_path):
+def test_validation_gate_fails_the_build_and_writes_nothing(tmp_path, wrong_epsilon):
     out = tmp_path / "x.bundle"
-    r = run_faulty_build(MODEL, "-o", out, "--only", "text_encoder")
+    r = run_sdc("build", MODEL, "-o", out, "--only", "text_encoder")
     assert r.returncode == 1, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "text_encoder" in last, last
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
 
 
-def test_validation_opt_out_keeps_the_artifact_with_a_warning(tmp_path):
+def test_validation_opt_out_keeps_the_artifact_with_a_warning(tmp_path, wrong_epsilon):
     out = tmp_path / "x.bundle"
-    r = run_faulty_build(MODEL, "-o", out, "--only", "text_encoder", "--no-fail-on-validation")
+    r = run_sdc("build", MODEL, "-o", out, "--only", "text_encoder", "--no-fail-on-validation")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "VALIDATION FAILED, kept because of --no-fail-on-validation" in r.stderr
     assert "| FAILED in" in r.stderr  # the last line says it is not a clean build
@@ -80,8 +77,12 @@ def test_only_no_passes_build(tmp_path):
 
 def test_only_target_debug_build_and_inspect_json(tmp_path):
     out = tmp_path / "t.bundle"
-    r = run_sdc("build", MODEL, "-o", out, "--only", "vae_decoder", "--target", "ort-cpu,tensorrt", "--debug")
+    r = run_sdc("build", MODEL, "-o", out, "--only", "vae_decoder", "--target", "ort-cpu,tensorrt", "--debug",
+                isolated=True)  # --debug adds its log handler for the process
     assert r.returncode == 0, r.stderr[-2000:]
+    # By default only sdc's own lines (and, with --debug, its pass log): no Paddle glog line, no Python warning.
+    assert [ln for ln in r.stderr.splitlines() if THIRD_PARTY.search(ln)] == [], r.stderr
+    assert r.stdout == "" and any(ln.startswith("built ") for ln in r.stderr.splitlines()[-4:])
     # --debug logs what each pass did (and, for a rule that rewrote nothing, its nearest misses), once.
     assert r.stderr.count("sdc.passes: optimize tensorrt") == 1, r.stderr[-3000:]
     assert r.stderr.count("sdc.passes: optimize ort-cpu") == 1, r.stderr[-3000:]  # a comma list of targets
@@ -91,6 +92,14 @@ def test_only_target_debug_build_and_inspect_json(tmp_path):
     assert list(m["submodels"]) == ["vae_decoder"]
     assert {a["target"] for a in m["submodels"]["vae_decoder"]["artifacts"]} == {"portable", "ort-cpu", "tensorrt"}
     assert m == read_manifest(out)
+
+
+def test_verbose_build_shows_the_third_party_lines(tmp_path):
+    """What the quiet default hides (test_only_target_debug_build_and_inspect_json) is there with --verbose:
+    in a child process, where Paddle's C++ logs and Python's warnings reach the output as a user sees it."""
+    loud = run_sdc("build", MODEL, "-o", tmp_path / "q.bundle", "--only", "vae_decoder", "--no-passes", "--verbose",
+                   isolated=True)
+    assert loud.returncode == 0 and any(THIRD_PARTY.search(ln) for ln in loud.stderr.splitlines()), loud.stderr
 
 
 def test_force_refuses_a_folder_that_is_not_a_bundle(tmp_path):
