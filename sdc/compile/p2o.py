@@ -3,7 +3,8 @@
 The trace stage submits each submodel's program as soon as it is saved, and the export stage collects
 the graphs in the same order: the worker converts one submodel while the build traces the next (two
 processes on two cores), and paddle2onnx's imports are paid once per build instead of once per
-submodel (once per process when small builds follow each other: `release_worker`). A job that kills the worker fails alone: the jobs queued behind it go to a fresh worker.
+submodel (once per process when small builds follow each other: `release_worker`). A job that kills
+the worker fails alone: the jobs queued behind it go to a fresh worker.
 """
 
 from __future__ import annotations
