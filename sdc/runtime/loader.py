@@ -64,11 +64,15 @@ def choose_precision(manifest: dict, provider: str, target: str, precision: str 
 
 
 def open_model(root: Path, manifest: dict, name: str, providers: list[str], target: str | None = None,
-               threads: int = 0, precision: str = "fp32") -> tuple[OnnxModel, dict]:
-    """One submodel's session and the artifact it runs: `target`, else the one tuned for the first provider."""
+               threads: int = 0, precision: str = "fp32", emulate: bool = False) -> tuple[OnnxModel, dict]:
+    """One submodel's session and the artifact it runs: `target`, else the one tuned for the first provider.
+    emulate: an fp16/bf16 artifact on the CPU runs emulated per op (sdc.runtime.emulate), as validation runs it."""
     sub = manifest["submodels"][name]
     art = choose_artifact(sub, name, target or PROVIDER_TARGET.get(providers[0], "portable"), precision)
-    return OnnxModel(safe_join(Path(root), art["path"]), sub, providers, threads=threads), art
+    low = art["precision"] if art["precision"] in ("fp16", "bf16") else None
+    on_cpu = providers[0] == "CPUExecutionProvider"
+    return OnnxModel(safe_join(Path(root), art["path"]), sub, providers, threads=threads,
+                     emulate=low if emulate and on_cpu else None), art
 
 
 def make_pipeline(family: str, models: dict, tokenizers: dict, scheduler_config: dict, config):
@@ -137,7 +141,7 @@ def choose_here(root: Path, manifest: dict, provider: str, precision: str | None
 
 
 def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, target: str | None = None,
-         precision: str | None = None, build_engines: bool = False):
+         precision: str | None = None, build_engines: bool = False, emulate: bool = False):
     """Load a bundle as a StableDiffusion(XL)Pipeline or FluxPipeline; `pipe.models[name](**inputs)` runs one submodel.
 
     verify: "full" checks every file's sha256 (seconds for a real model), "sizes" only sizes, "none" nothing.
@@ -148,7 +152,9 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     `pipe.artifacts[name]` says which artifact each submodel runs.
     provider: auto (TensorRT engines -> ONNX Runtime CUDA -> CPU, sdc.runtime.backend), tensorrt, cuda or
     cpu; `pipe.backend` says what was chosen and why. build_engines: build missing TensorRT engines here
-    (writes into the bundle, atomically) instead of falling back.
+    (writes into the bundle, atomically) instead of falling back. emulate: on the CPU, fp16/bf16 artifacts
+    (GPU targets) run emulated per op, each result rounded as a GPU would (needs onnx; `sdc eval` uses it to
+    score what a GPU artifact draws); `pipe.models[name].emulated` says which.
     """
     from sdc.runtime.pipeline import PipelineConfig
 
@@ -167,7 +173,7 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
         providers = resolve_providers(choice.backend)
         tuned = target or PROVIDER_TARGET.get(providers[0], "portable")
         chosen = choose_precision(manifest, providers[0], tuned, precision)
-        opened = {name: open_model(root, manifest, name, providers, tuned, threads, chosen)
+        opened = {name: open_model(root, manifest, name, providers, tuned, threads, chosen, emulate)
                   for name in manifest["submodels"]}
     models = {name: m for name, (m, _) in opened.items()}
     tokenizers = load_tokenizers(root, family, manifest["submodels"])

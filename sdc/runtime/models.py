@@ -55,7 +55,25 @@ def resolve_providers(provider: str) -> list[str]:
 class OnnxModel:
     """One submodel: call with named numpy inputs, get a dict of named numpy outputs."""
 
-    def __init__(self, path: Path, spec: dict, providers: list[str], threads: int = 0, fuse: bool = True):
+    def __init__(self, path: Path, spec: dict, providers: list[str], threads: int = 0, fuse: bool = True,
+                 emulate: str | None = None):
+        """emulate="fp16"/"bf16": run the low-precision graph on the CPU through sdc.runtime.emulate (every op's
+        result rounded to the low type, as the build validated it), not through ONNX Runtime's own CPU path,
+        which widens to fp32 around the ops it lacks (hiding intermediate overflow) and has no bf16 kernels."""
+        self.path = Path(path)
+        self.inputs = {t["name"]: np.dtype(t["dtype"]) for t in spec["inputs"]}
+        self.output_names = [t["name"] for t in spec["outputs"]]
+        self.emulated = emulate
+        if emulate:
+            try:
+                import onnx  # noqa: F401  (the emulation rewrites the graph)
+            except ImportError:
+                raise ImportError(f"{emulate} on a CPU needs the per-op emulation, which needs onnx "
+                                  f"(pip install 'sdc[build]') or a GPU provider") from None
+            from sdc.runtime.emulate import emulated_session
+
+            self.session = emulated_session(self.path, threads=threads)
+            return
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -67,10 +85,12 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
-            raise BundleError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]}); rebuild the bundle")
-        self.path = Path(path)
-        self.inputs = {t["name"]: np.dtype(t["dtype"]) for t in spec["inputs"]}
-        self.output_names = [t["name"] for t in spec["outputs"]]
+            why = str(e).splitlines()[0][:200]
+            if "NOT_IMPLEMENTED" in why and providers[0] == "CPUExecutionProvider":
+                raise InputError(f"{path}: ONNX Runtime's CPU provider has no kernel for this graph ({why}); run it "
+                                 f"with a GPU provider, or emulated per op (sdc.runtime.load(..., emulate=True), "
+                                 f"`sdc eval`)") from None
+            raise BundleError(f"{path}: onnxruntime cannot load it ({why}); rebuild the bundle")
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         if set(inputs) != set(self.inputs):

@@ -47,16 +47,7 @@ def _runner(path: Path, sub: dict, art: dict, providers: list[str]):
     """A callable running one artifact the way its build validated it, and a few words on how."""
     precision = art.get("precision", "fp32")
     if precision in ("fp16", "bf16") and providers[0] == "CPUExecutionProvider":
-        try:
-            import onnx  # noqa: F401  (the emulation rewrites the graph)
-        except ImportError:
-            raise ImportError(f"{precision} on a CPU needs the per-op emulation, which needs onnx "
-                              f"(pip install 'sdc[build]') or a GPU provider")
-        from sdc.runtime.emulate import emulated_session
-
-        session = emulated_session(path)
-        names = [t["name"] for t in sub["outputs"]]
-        return (lambda **inputs: dict(zip(names, session.run(names, inputs)))), f"{precision} emulated per op"
+        return OnnxModel(path, sub, providers, emulate=precision), f"{precision} emulated per op"
     fused = "integer kernels" in (art.get("validation") or {}).get("where", "integer kernels")
     return OnnxModel(path, sub, providers, fuse=fused or precision != "int8"), providers[0]
 

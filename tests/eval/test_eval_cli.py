@@ -118,3 +118,13 @@ def test_compare_reports_adherence_for_shape_world_prompts(bundle, tmp_path):
     assert "adherence" in p.stderr
     variants = json.loads(out.read_text())["variants"]
     assert [v["adherence"] for v in variants] == [1.0, 1.0], variants
+
+
+def test_gpu_precisions_are_scored_emulated_per_op(precision_bundles):
+    """fp16 (a TensorRT-target artifact) scored on the CPU runs emulated per op, and the result says so."""
+    prompts = ["a small blue square on a black background"]
+    res = ev.evaluate(precision_bundles["sd1-tiny"], prompts, seeds=[0], steps=2, precision="fp16", target="tensorrt")
+    assert set(res.artifacts.values()) == {"tensorrt/fp16 (emulated per op)"}, res.artifacts
+    assert len(res.images) == 1 and res.images[0].dtype == np.uint8
+    fp32 = ev.evaluate(precision_bundles["sd1-tiny"], prompts, seeds=[0], steps=2)
+    assert all("emulated" not in a for a in fp32.artifacts.values())

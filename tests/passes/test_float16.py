@@ -180,3 +180,25 @@ def test_model_bytes_past_the_protobuf_limit():
             raise EncodeError("Failed to serialize proto")
 
     assert model_bytes(TooBig()) > 2**31
+
+
+def test_runtime_model_runs_a_bf16_artifact_emulated_and_says_why_the_cpu_cannot(tmp_path):
+    """The runtime's OnnxModel: ONNX Runtime's CPU provider has no bf16 Add; without emulation that is a
+    one-line InputError naming the way out (not 'rebuild the bundle'), with it the graph runs as validated."""
+    from sdc.errors import InputError
+    from sdc.runtime.models import OnnxModel
+
+    b = np.array([1.0 + 2 ** -9, 3.0], np.float32)
+    model = make_model([helper.make_node("Add", ["x", "b"], ["z"], name="add")], [("x", T.FLOAT, [2])],
+                       [("z", T.FLOAT, [2])], [const("b", b)])
+    low, _ = convert(copy(model), "bf16", set())
+    path = tmp_path / "model.tensorrt.bf16.onnx"
+    onnx.save(low, str(path))
+    spec = {"inputs": [{"name": "x", "dtype": "float32"}], "outputs": [{"name": "z", "dtype": "float32"}]}
+    with pytest.raises(InputError, match="no kernel .* emulated per op"):
+        OnnxModel(path, spec, ["CPUExecutionProvider"])
+    m = OnnxModel(path, spec, ["CPUExecutionProvider"], emulate="bf16")
+    x = np.array([0.0, 1.0], np.float32)
+    assert m.emulated == "bf16"
+    np.testing.assert_array_equal(m(x=x)["z"], emulated_session_of(low).run(None, {"x": x})[0])
+    assert m(x=x)["z"][0] == 1.0  # 1 + 2^-9 rounded to bf16's 8 bits of mantissa
