@@ -206,7 +206,7 @@ def _build_locked(model_dir: Path, out: Path, options: BuildOptions, force: bool
                 seconds[stage_name] = seconds.get(stage_name, 0.0) + dt
         for sub in subs.values():
             sub.layer = None  # free the Paddle modules before hashing gigabytes
-        if any(p != "fp32" for p in options.precisions) or "fp32" not in options.precisions:
+        if options.precision_stage:
             _run_precision(ctx, reporter, seconds)
         for sub in subs.values():
             if sub.ties:

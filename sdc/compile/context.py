@@ -29,6 +29,11 @@ class BuildOptions:
     stream_weights: str = "auto"
     profile: Any = None  # sdc.profiles.Profile: the sizes the bundle serves; validation runs at its corners
 
+    @property
+    def precision_stage(self) -> bool:
+        """Whether the build runs the precision stage: a precision other than fp32 is shipped, or fp32 is not."""
+        return set(self.precisions) != {"fp32"}
+
 
 @dataclass
 class Validation:

@@ -92,10 +92,10 @@ def export_stage(ctx: BuildContext, sub: SubmodelBuild) -> None:
         write_artifacts(ctx, sub, lambda: exported_model(ctx, sub))
     finally:
         if sub.name == list(ctx.submodels)[-1]:
-            if ctx.options.precisions == ("fp32",):
-                release_worker()  # the last export: kept for a next build in this process when small and idle
-            else:
+            if ctx.options.precision_stage:
                 close_worker()  # the last export: free the worker's memory for the precision stage
+            else:
+                release_worker()  # the last export: kept for a next build in this process when small and idle
     sub.seconds["export"] = time.perf_counter() - t0
 
 

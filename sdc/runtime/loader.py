@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sdc.errors import InputError
 from sdc.runtime.bundle import SCHEDULER_CONFIG, TOKENIZER_DIRS, bundle_data, read_manifest, safe_join, verify_files
-from sdc.runtime.models import OnnxModel, resolve_providers
+from sdc.runtime.models import OnnxModel, emulated_precision, resolve_providers
 
 VERIFY_MODES = ("full", "sizes", "none")
 # The target-tuned artifact each execution provider runs best; every bundle also has a portable graph.
@@ -69,10 +69,8 @@ def open_model(root: Path, manifest: dict, name: str, providers: list[str], targ
     emulate: an fp16/bf16 artifact on the CPU runs emulated per op (sdc.runtime.emulate), as validation runs it."""
     sub = manifest["submodels"][name]
     art = choose_artifact(sub, name, target or PROVIDER_TARGET.get(providers[0], "portable"), precision)
-    low = art["precision"] if art["precision"] in ("fp16", "bf16") else None
-    on_cpu = providers[0] == "CPUExecutionProvider"
-    return OnnxModel(safe_join(Path(root), art["path"]), sub, providers, threads=threads,
-                     emulate=low if emulate and on_cpu else None), art
+    low = emulated_precision(art["precision"], providers) if emulate else None
+    return OnnxModel(safe_join(Path(root), art["path"]), sub, providers, threads=threads, emulate=low), art
 
 
 def make_pipeline(family: str, models: dict, tokenizers: dict, scheduler_config: dict, config):

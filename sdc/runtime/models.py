@@ -52,6 +52,14 @@ def resolve_providers(provider: str) -> list[str]:
     return PROVIDERS[provider]
 
 
+def emulated_precision(precision: str, providers: list[str]) -> str | None:
+    """The low float type an artifact of `precision` runs emulated per op in (sdc.runtime.emulate) on these
+    providers: fp16/bf16 on ONNX Runtime's CPU provider; None where it runs as it is."""
+    from sdc.runtime.emulate import LOW_TYPES
+
+    return precision if precision in LOW_TYPES.values() and providers[0] == "CPUExecutionProvider" else None
+
+
 class OnnxModel:
     """One submodel: call with named numpy inputs, get a dict of named numpy outputs."""
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from sdc.errors import ValidationError
 from sdc.runtime.bundle import bundle_data, safe_join, validation_path
-from sdc.runtime.models import TARGET_PROVIDER, OnnxModel, resolve_providers, target_providers
+from sdc.runtime.models import TARGET_PROVIDER, OnnxModel, emulated_precision, resolve_providers, target_providers
 
 
 def recorded_cases(path: Path) -> list[tuple[dict, dict]]:
@@ -46,8 +46,9 @@ def within(err: float, scale: float, atol: float, rtol: float) -> bool:
 def _runner(path: Path, sub: dict, art: dict, providers: list[str]):
     """A callable running one artifact the way its build validated it, and a few words on how."""
     precision = art.get("precision", "fp32")
-    if precision in ("fp16", "bf16") and providers[0] == "CPUExecutionProvider":
-        return OnnxModel(path, sub, providers, emulate=precision), f"{precision} emulated per op"
+    low = emulated_precision(precision, providers)
+    if low:
+        return OnnxModel(path, sub, providers, emulate=low), f"{low} emulated per op"
     fused = "integer kernels" in (art.get("validation") or {}).get("where", "integer kernels")
     return OnnxModel(path, sub, providers, fuse=fused or precision != "int8"), providers[0]
 
