@@ -301,7 +301,7 @@ def check_graph_references(root: Path, manifest: dict) -> None:
                 raise BundleError(f"{graph}: not a readable ONNX graph ({e}); the bundle is malformed, rebuild it")
             folder = PurePosixPath(a["path"]).parent
             allowed = set(a.get("data_paths") or [])
-            for loc in locations:
+            for loc in dict.fromkeys(locations):  # each tensor of a weight file names it: check each file once
                 rel = str(folder / loc) if "/" not in loc else None
                 if (rel is None or "\\" in loc or loc in ("", ".", "..") or "\x00" in loc or PureWindowsPath(loc).drive
                         or rel not in allowed):

@@ -126,12 +126,17 @@ def external_data_locations(path: Path) -> list[str]:
         if size == 0:
             raise OnnxParseError("empty file")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            # An entry keyed "location" holds those bytes verbatim: without them in the file there is
+            # none, and the walk below only checks the model's top-level fields (a graph-only model of
+            # inline weights, most small artifacts, then costs one C-speed scan, not a walk of its nodes).
+            deep = buf.find(b"location") >= 0
             graphs = 0
             for number, s, e in _fields(buf, 0, size):
                 if number == MODEL_GRAPH:
                     graphs += 1
-                    _graph(buf, s, e, out, 0)
-                elif number == MODEL_FUNCTIONS:
+                    if deep:
+                        _graph(buf, s, e, out, 0)
+                elif number == MODEL_FUNCTIONS and deep:
                     for n, a, b in _fields(buf, s, e):
                         if n == FUNCTION_NODE:
                             _node(buf, a, b, out, 0)

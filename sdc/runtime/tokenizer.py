@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -108,20 +109,32 @@ class CLIPTokenizer:
     """Prompts -> int64 ids [B, model_max_length], as diffusers' `tokenizer(..., padding="max_length", truncation=True)`."""
 
     def __init__(self, backend: Tokenizer, pad_token: str, model_max_length: int = DEFAULT_MAX_LENGTH):
+        """`backend` becomes this tokenizer's own: padding and truncation are set on it here."""
         pad_id = backend.token_to_id(pad_token)
         if pad_id is None:
             raise ValueError(f"pad token {pad_token!r} is not in the vocabulary")
         self.pad_token = pad_token
         self.pad_token_id = int(pad_id)
         self.model_max_length = int(model_max_length)
-        # Padding and truncation are state of a `tokenizers.Tokenizer`: keep one plain copy for unpadded ids.
-        self._plain = Tokenizer.from_str(backend.to_str())
-        self._plain.no_truncation()
-        self._plain.no_padding()
-        self._padded = Tokenizer.from_str(backend.to_str())
+        # Padding and truncation are state of a `tokenizers.Tokenizer`, so unpadded ids need a second copy.
+        # It is made on first use: a copy re-parses the whole vocabulary (about 0.1 s for CLIP's, two
+        # thirds of a load when both were made here), and generation never needs it.
+        self._padded = backend
         # Truncation counts the bos/eos the post-processor adds, so eos stays last (as transformers does).
         self._padded.enable_truncation(max_length=self.model_max_length)
         self._padded.enable_padding(length=self.model_max_length, pad_id=self.pad_token_id, pad_token=pad_token)
+        self._plain_copy: Tokenizer | None = None
+        self._plain_lock = threading.Lock()
+
+    @property
+    def _plain(self) -> Tokenizer:
+        with self._plain_lock:  # one loaded pipeline serves several threads
+            if self._plain_copy is None:
+                plain = Tokenizer.from_str(self._padded.to_str())
+                plain.no_truncation()
+                plain.no_padding()
+                self._plain_copy = plain
+            return self._plain_copy
 
     @classmethod
     def from_folder(cls, path: str | Path) -> "CLIPTokenizer":
