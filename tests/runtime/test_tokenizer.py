@@ -51,6 +51,21 @@ def test_truncation_keeps_eos_last(family: str) -> None:
     assert ids[0, :-1].tolist() == unpadded[:76]
 
 
+def test_unpadded_copy_made_once_under_threads() -> None:
+    """The unpadded copy is made on first use: eight threads asking at once get one copy and the same ids,
+    and the padded tokenizer keeps its padding and truncation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tok = CLIPTokenizer.from_folder(FIXTURES / "sd1-tiny" / "tokenizer")
+    refs = _refs("sd1-tiny")
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: (tok._plain, tok.encode_unpadded(refs["prompts"][i % len(refs["prompts"])])),
+                            range(32)))
+    assert len({id(copy) for copy, _ in got}) == 1
+    assert [ids for _, ids in got] == [refs["unpadded_input_ids"][i % len(refs["prompts"])] for i in range(32)]
+    np.testing.assert_array_equal(tok(refs["prompts"]), np.asarray(refs["input_ids"], dtype=np.int64))
+
+
 def test_sd2_exclamation_is_the_pad_token() -> None:
     """SD 2.x's pad token `!` is an added special token, so `!!` is two id-0 tokens, as in diffusers."""
     sd1 = CLIPTokenizer.from_folder(FIXTURES / "sd1-tiny" / "tokenizer")
