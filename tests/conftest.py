@@ -169,7 +169,8 @@ def _build_shared(root: Path, wanted: dict[str, tuple[Path, object]]) -> dict[st
 
 @pytest.fixture(scope="session")
 def precision_bundles(request, tmp_path_factory) -> dict[str, Path]:
-    """sd1-tiny: int8 first (the default), fp32, fp16; ort-cpu and tensorrt. sd2-tiny: int8, fp32, w8 on ort-cpu.
+    """sd1-tiny: int8 first (the default), fp32, fp16; ort-cpu and tensorrt. sd2-tiny: int8, fp32, w8, int8-dynamic
+    on ort-cpu.
     Built once per run (shared like `bundles`): the precision tests and the bench's sdc-int8 variant use them."""
     from sdc.compile.context import BuildOptions
 
@@ -177,8 +178,8 @@ def precision_bundles(request, tmp_path_factory) -> dict[str, Path]:
         "sd1-precision.bundle": (FIXTURES / "sd1-tiny", BuildOptions(precisions=("int8", "fp32", "fp16"),
                                                                      targets=("ort-cpu", "tensorrt"),
                                                                      calibration_samples=8)),
-        "sd2-precision.bundle": (FIXTURES / "sd2-tiny", BuildOptions(precisions=("int8", "fp32", "w8"),
-                                                                     calibration_samples=8)),
+        "sd2-precision.bundle": (FIXTURES / "sd2-tiny", BuildOptions(
+            precisions=("int8", "fp32", "w8", "int8-dynamic"), calibration_samples=8)),
     })
     return {"sd1-tiny": paths["sd1-precision.bundle"], "sd2-tiny": paths["sd2-precision.bundle"]}
 

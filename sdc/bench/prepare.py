@@ -22,7 +22,8 @@ from sdc.errors import InputError
 
 # sdc variant -> (passes, extra targets, precisions) of the bundle it runs; the variant runs the first precision
 BUNDLES = {"sdc": (False, (), ("fp32",)), "sdc-passes": (True, ("ort-cpu",), ("fp32",)),
-           "sdc-int8": (True, ("ort-cpu",), ("int8",)), "sdc-w8": (True, ("ort-cpu",), ("w8",))}
+           "sdc-int8": (True, ("ort-cpu",), ("int8",)), "sdc-int8-dynamic": (True, ("ort-cpu",), ("int8-dynamic",)),
+           "sdc-w8": (True, ("ort-cpu",), ("w8",))}
 FLUX_TEXT_TOKENS = 512  # FluxPipeline's default max_sequence_length
 # CPU features INT8 and fp16 speed depend on (x86 /proc/cpuinfo flag names).
 CPU_FEATURES = {"AVX2": ("avx2",), "AVX-512": ("avx512f",), "VNNI": ("avx512_vnni", "avx_vnni"),

@@ -90,9 +90,9 @@ def markdown_section(result: BenchResult) -> str:
              "Variants: **torch** = diffusers on PyTorch, eager fp32 (`torch.inference_mode`); **paddle** = sdc's "
              "Paddle modules in dygraph (`paddle.no_grad`); **sdc** = the bundle built without passes, in ONNX Runtime "
              "(CPU provider; ORT's own graph optimisations still run); **sdc-passes** = the bundle built with passes "
-             "and the `ort-cpu` target, running the artifact the runtime picks for the CPU provider; **sdc-int8** / **sdc-w8** = "
-             "the bundle built with `--precision int8` / `w8` (calibrated on sdc's default prompts), its ort-cpu "
-             "artifact of that precision. UNet = one "
+             "and the `ort-cpu` target, running the artifact the runtime picks for the CPU provider; **sdc-int8** / **sdc-int8-dynamic** / "
+             "**sdc-w8** = the bundle built with `--precision int8` / `int8-dynamic` / `w8` (int8 calibrated on sdc's "
+             "default prompts), its ort-cpu artifact of that precision. UNet = one "
              "classifier-free-guidance step (batch 2), text encoder = 2 prompts, VAE = one image.", ""]
     lines += [f"{x}\n" for x in header_lines(result)]
     lines += _md_table(("component", "inputs", "FLOPs (ONNX graph)", "FLOPs (analytic)", "floor"), flops_rows(result))

@@ -26,11 +26,11 @@ from sdc.bench.prepare import (BUNDLES, MachineInfo, component_dims, ensure_bund
                                      write_inputs)
 from sdc.errors import InputError
 
-VARIANTS = ("torch", "paddle", "sdc", "sdc-passes", "sdc-int8", "sdc-w8")
+VARIANTS = ("torch", "paddle", "sdc", "sdc-passes", "sdc-int8", "sdc-int8-dynamic", "sdc-w8")
 DEFAULT_VARIANTS = ("torch", "paddle", "sdc", "sdc-passes", "sdc-int8")
 # Reduced-precision variants are not judged on the bench's random inputs: static int8 scales hold for
 # the calibrated (real pipeline) distribution, and `sdc compare` measures their error on real prompts.
-UNJUDGED = ("sdc-int8", "sdc-w8")
+UNJUDGED = ("sdc-int8", "sdc-int8-dynamic", "sdc-w8")
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder", "transformer", "text_encoder_2")
 DEFAULT_COMPONENTS = {"flux": ("transformer", "text_encoder_2", "vae_decoder")}  # others: UNet, CLIP, VAE decoder
 SD_COMPONENTS = ("unet", "text_encoder", "vae_decoder")

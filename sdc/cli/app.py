@@ -29,7 +29,7 @@ BundleArg = Annotated[Path, typer.Argument(help="Path of an sdc bundle (a folder
 ProviderOpt = Annotated[str, typer.Option("--provider", help="auto (TensorRT engines, else ONNX Runtime on CUDA, "
                                           "else CPU; says what it chose and why), tensorrt, cuda or cpu.")]
 PrecisionOpt = Annotated[Optional[str], typer.Option(
-    "--precision", help="fp32, fp16, bf16, int8 or w8 (default: the bundle's default precision where this provider "
+    "--precision", help="fp32, fp16, bf16, int8, int8-dynamic or w8 (default: the bundle's default precision where this provider "
     "runs it, else the fastest it has).")]
 TargetOpt = Annotated[Optional[str], typer.Option(
     "--target", help="Artifact target to run: portable, ort-cpu, ort-cuda, tensorrt (default: the one tuned for "

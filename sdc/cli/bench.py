@@ -30,7 +30,8 @@ def bench(
         Optional[list[str]],
         typer.Option("--variants", help="What to compare (repeatable or comma-separated): torch (diffusers eager), "
                      "paddle (dygraph), sdc (bundle without passes), sdc-passes (bundle with passes, ort-cpu), "
-                     "sdc-int8 (static int8, ort-cpu), sdc-w8 (weights-only int8). Default: all but sdc-w8."),
+                     "sdc-int8 (static int8, ort-cpu), sdc-int8-dynamic (int8 MatMuls, activations quantized per call), sdc-w8 "
+                     "(weights-only int8). Default: torch, paddle, sdc, sdc-passes, sdc-int8."),
     ] = None,
     out: Annotated[
         Optional[Path],

@@ -60,7 +60,8 @@ def build(
     precision: Annotated[
         str, typer.Option("--precision", help="Comma list of precisions to ship, the first is the bundle's default: "
                           "fp32, fp16, bf16 (GPU targets: ort-cuda, tensorrt), int8 (static, calibrated: ort-cpu, "
-                          "tensorrt), w8 (weights-only int8: ort-cpu, tensorrt).")
+                          "tensorrt), int8-dynamic (int8 MatMuls, activations quantized per call, no calibration: ort-cpu), "
+                          "w8 (weights-only int8: ort-cpu, tensorrt).")
     ] = "fp32",
     calibration_prompts: Annotated[
         Optional[Path], typer.Option("--calibration-prompts", help="UTF-8 text file, one prompt per line, for INT8 "

@@ -16,7 +16,7 @@ from sdc.cli.app import BundleArg, app, finish, stderr_console
 @app.command()
 def compare(
     bundle: BundleArg,
-    precision: Annotated[str, typer.Option("--precision", help="The variant to judge: fp32, fp16, bf16, int8, w8.")] = "int8",
+    precision: Annotated[str, typer.Option("--precision", help="The variant to judge: fp32, fp16, bf16, int8, int8-dynamic, w8.")] = "int8",
     against: Annotated[str, typer.Option("--against", help="The baseline precision.")] = "fp32",
     target: Annotated[Optional[str], typer.Option("--target", help="Artifact target of the variant (default: the one "
                                                   "tuned for the CPU provider).")] = None,

@@ -14,7 +14,7 @@ from sdc.cli.app import BundleArg, ProviderOpt, app, finish, stderr_console
 @app.command("eval")
 def eval_(
     bundle: BundleArg,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="Artifact precision to run (fp32, fp16, bf16, int8, w8); default: the runtime's choice. On the CPU, fp16/bf16 (GPU targets: add --target tensorrt) run emulated per op, each result rounded as on a GPU.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="Artifact precision to run (fp32, fp16, bf16, int8, int8-dynamic, w8); default: the runtime's choice. On the CPU, fp16/bf16 (GPU targets: add --target tensorrt) run emulated per op, each result rounded as on a GPU.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="Artifact to run: portable, ort-cpu, ...; default: the one tuned for the provider.")] = None,
     prompts: Annotated[str, typer.Option("--prompts", help="A UTF-8 file, one prompt a line, or a shipped set: heldout, train, ci.")] = "heldout",
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per prompt (0 .. N-1).")] = 4,

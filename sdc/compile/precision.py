@@ -28,6 +28,8 @@ TOLERANCE = {
              "vae_decoder": (1e-2, 4e-2)},
     "int8": {"text_encoder": (1e-2, 1e-1), "unet": (1e-2, 2e-1), "vae_encoder": (1e-2, 2e-1),
              "vae_decoder": (1e-2, 1.5e-1)},
+    "int8-dynamic": {"text_encoder": (1e-2, 1e-1), "unet": (1e-2, 1e-1), "vae_encoder": (1e-2, 1e-1),
+                     "vae_decoder": (1e-2, 1e-1)},
     "w8": {"text_encoder": (1e-3, 8e-2), "unet": (1e-3, 8e-2), "vae_encoder": (1e-3, 8e-2),
            "vae_decoder": (1e-3, 8e-2)},
 }
@@ -58,12 +60,16 @@ def calibrate_stage(ctx: BuildContext) -> None:
         ctx.log("no calibration run: the build lacks part of the pipeline; fp16 ranges use the validation inputs")
         return
     # Each submodel runs the graph its first int8 artifact is quantized from, so the min/max observed on
-    # the way are that graph's ranges (else the portable graph, which every target validated against).
+    # the way are that graph's ranges; without static int8, the graph the first reduced precision is made
+    # from, whose held-out outputs validation then finds recorded (else the portable graph, which every
+    # target validated against).
     arts, observe = {}, ()
-    int8_targets = _plan(ctx).get("int8", ())
+    plan = _plan(ctx)
+    int8_targets = plan.get("int8", ())
+    low_targets = int8_targets + tuple(t for p, ts in plan.items() if p not in ("fp32", "int8") for t in ts)
     for n, sub in ctx.submodels.items():
         base = {a.target: a for a in sub.artifacts if a.precision == "fp32"}
-        art = next((base[t] for t in int8_targets if t in base), base["portable"])
+        art = next((base[t] for t in low_targets if t in base), base["portable"])
         arts[n] = ctx.work / art.path
     if int8_targets:
         observe = tuple(ctx.submodels)
@@ -337,7 +343,31 @@ def build_w8(ctx: BuildContext, sub: SubmodelBuild, base: Artifact, target: str,
     return art
 
 
-BUILDERS = {"fp16": build_low_float, "bf16": build_low_float, "int8": build_int8, "w8": build_w8}
+def build_int8_dynamic(ctx: BuildContext, sub: SubmodelBuild, base: Artifact, target: str,
+                       precision: str) -> Artifact:
+    """Dynamic int8 (sdc.passes.onnx.dynamic_int8), written weight by weight beside the fp32 graph; its
+    float weights stay in the fp32 graph's data file."""
+    from sdc.passes.onnx.dynamic_int8 import write_dynamic_int8
+    from sdc.passes.onnx.qdq import SCHEMES
+
+    t0 = time.perf_counter()
+    rel = model_path(sub.name, target, precision)
+    counts, files = write_dynamic_int8(ctx.work / base.path, ctx.work / rel, SCHEMES[target].reduce_range)
+    art = Artifact(target, precision, rel, data_paths=[f"{sub.name}/{f}" for f in files])
+    art.passes = dict(base.passes, **{f"precision-{precision}": counts})
+    art.precision_record = {
+        "scheme": dict(SCHEMES[target].to_json(), activations="uint8, quantized on every call from their own range"),
+        "writer": "sdc.passes.onnx.dynamic_int8 (DynamicQuantizeLinear + MatMulInteger, as onnxruntime's "
+                  "quantize_dynamic, streamed)",
+        "quantized_ops": {"MatMul": counts["MatMulInteger"]},
+        "float_ops": {k: counts[k] for k in ("MatMul", "Conv") if counts.get(k)},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return art
+
+
+BUILDERS = {"fp16": build_low_float, "bf16": build_low_float, "int8": build_int8, "int8-dynamic": build_int8_dynamic,
+            "w8": build_w8}
 
 
 def _spread(items: list, k: int) -> list:
@@ -386,7 +416,8 @@ def validate_low(ctx: BuildContext, sub: SubmodelBuild, art: Artifact, base: Art
         where = "onnxruntime CPUExecutionProvider, Q/DQ run as ops (no integer-kernel fusion): exact int8 arithmetic"
     else:
         run = OnnxModel(ctx.work / art.path, spec, ["CPUExecutionProvider"])
-        where = "onnxruntime CPUExecutionProvider" + (" (integer kernels)" if art.precision == "int8" else "")
+        integer = art.precision in ("int8", "int8-dynamic")
+        where = "onnxruntime CPUExecutionProvider" + (" (integer kernels)" if integer else "")
     try:
         v = compare(sub.references, run, atol, rtol)
     except ValidationError as e:

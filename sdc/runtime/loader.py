@@ -145,7 +145,7 @@ def load(path, provider: str = "auto", verify: str = "full", threads: int = 0, t
     verify: "full" checks every file's sha256 (seconds for a real model), "sizes" only sizes, "none" nothing.
     target: which artifact to run ("portable" forces the unfused graph); by default the one tuned for
     the provider, falling back to the portable graph.
-    precision: fp32, fp16, bf16, int8 or w8; None takes the bundle's default precision when this
+    precision: fp32, fp16, bf16, int8, int8-dynamic or w8; None takes the bundle's default precision when this
     provider's target has it, else the fastest the bundle has for it (sdc.runtime.precisions.PREFERENCE).
     `pipe.artifacts[name]` says which artifact each submodel runs.
     provider: auto (TensorRT engines -> ONNX Runtime CUDA -> CPU, sdc.runtime.backend), tensorrt, cuda or

@@ -28,6 +28,7 @@ ATTR_T, ATTR_G, ATTR_TENSORS, ATTR_GRAPHS, ATTR_SPARSE, ATTR_SPARSES = 5, 6, 10,
 SPARSE_VALUES, SPARSE_INDICES = 1, 2
 TENSOR_EXTERNAL_DATA = 13
 ENTRY_KEY, ENTRY_VALUE = 1, 2
+QUICK_SCAN_BYTES = 64 << 20  # files up to this size are scanned for b"location" before any walk
 MAX_DEPTH = 64  # nested subgraphs; deeper is refused rather than recursed into
 
 
@@ -127,9 +128,10 @@ def external_data_locations(path: Path) -> list[str]:
             raise OnnxParseError("empty file")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             # An entry keyed "location" holds those bytes verbatim: without them in the file there is
-            # none, and the walk below only checks the model's top-level fields (a graph-only model of
-            # inline weights, most small artifacts, then costs one C-speed scan, not a walk of its nodes).
-            deep = buf.find(b"location") >= 0
+            # none, and the walk below only checks the model's top-level fields (a small graph of inline
+            # weights then costs one C-speed scan, not a walk of its nodes). A large file is walked: the
+            # walk skips weight payloads unread, a scan would page all of them in.
+            deep = size > QUICK_SCAN_BYTES or buf.find(b"location") >= 0
             graphs = 0
             for number, s, e in _fields(buf, 0, size):
                 if number == MODEL_GRAPH:

@@ -11,6 +11,10 @@ Why each pair is or is not allowed:
 - int8 (static, Q/DQ): ONNX Runtime's CPU provider fuses the Q/DQ pairs into integer kernels
   (QLinearConv, QLinearMatMul); TensorRT fuses the same pattern. ONNX Runtime's CUDA provider has
   no integer conv kernels, so the graph would run as float with extra (de)quantize work.
+- int8-dynamic (int8 weights, activations quantized per call): DynamicQuantizeLinear + MatMulInteger,
+  which ONNX Runtime's CPU provider fuses into its integer GEMM; TensorRT wants explicit Q/DQ, not
+  these ops, and ONNX Runtime's CUDA provider was never measured with them. Needs no calibration, so
+  it is the int8 that builds for models too large for the static sweep (a real-size SDXL UNet).
 - w8 (weights-only int8, activations float): the weights are stored as int8 with a per-channel
   scale and dequantized in the graph, which every provider runs; the compute stays float.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from sdc.errors import InputError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "w8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "w8")
 ALL_TARGETS = ("portable", "ort-cpu", "ort-cuda", "tensorrt")
 
 RUNS_ON: dict[str, tuple[str, ...]] = {
@@ -27,6 +31,7 @@ RUNS_ON: dict[str, tuple[str, ...]] = {
     "fp16": ("ort-cuda", "tensorrt"),
     "bf16": ("tensorrt",),
     "int8": ("ort-cpu", "tensorrt"),
+    "int8-dynamic": ("ort-cpu",),
     "w8": ("ort-cpu", "tensorrt"),
 }
 
@@ -34,6 +39,7 @@ WHY_NOT: dict[str, str] = {
     "fp16": "ONNX Runtime has no x86 fp16 kernels for most ops",
     "bf16": "only TensorRT runs bf16 convolutions",
     "int8": "its integer kernels exist on ONNX Runtime's CPU provider and TensorRT only",
+    "int8-dynamic": "it is built for ONNX Runtime's CPU integer kernels only",
     "w8": "the ort-cuda graph's fused ops take float weights",
 }
 # Reduced precisions are built from a target-tuned graph; the portable graph stays the fp32 reference
@@ -43,7 +49,7 @@ PORTABLE_NOTE = "the portable graph is fp32 only; reduced precisions are built f
 # When neither the caller nor the bundle's default names a precision that exists for the provider's
 # artifacts, the runtime takes the first of these that exists: the fastest validated artifact.
 PREFERENCE: dict[str, tuple[str, ...]] = {
-    "CPUExecutionProvider": ("int8", "w8", "fp32"),
+    "CPUExecutionProvider": ("int8", "int8-dynamic", "w8", "fp32"),
     "CUDAExecutionProvider": ("fp16", "bf16", "fp32", "w8"),
     "TensorrtExecutionProvider": ("fp16", "int8", "bf16", "fp32", "w8"),
 }

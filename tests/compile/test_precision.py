@@ -36,7 +36,8 @@ def test_artifacts_per_precision_and_target(built):
                         ("tensorrt", "int8"), ("tensorrt", "fp16")}
     assert sd1[("ort-cpu", "int8")]["path"] == "unet/model.ort-cpu.int8.onnx"
     sd2 = artifacts(built["sd2-tiny"])
-    assert set(sd2) == {("portable", "fp32"), ("ort-cpu", "fp32"), ("ort-cpu", "int8"), ("ort-cpu", "w8")}
+    assert set(sd2) == {("portable", "fp32"), ("ort-cpu", "fp32"), ("ort-cpu", "int8"), ("ort-cpu", "w8"),
+                        ("ort-cpu", "int8-dynamic")}
     assert built["sd1-tiny"].manifest["defaults"]["precision"] == "int8"
     for result in built.values():
         for sub in result.manifest["submodels"].values():
@@ -110,6 +111,45 @@ def test_int8_generation_end_to_end(built, family):
     assert psnr(q, f) > 20, psnr(q, f)
 
 
+def test_int8_dynamic_artifacts(built):
+    """Every MatMul with a constant weight becomes an integer MatMul fed by a per-call activation quantizer;
+    Convs stay float; validated in the integer kernels against Paddle and on held-out pipeline inputs."""
+    import onnx
+
+    result = built["sd2-tiny"]
+    for name in ("text_encoder", "unet", "vae_decoder"):
+        a = artifacts(result, name)[("ort-cpu", "int8-dynamic")]
+        assert a["path"] == f"{name}/model.ort-cpu.int8-dynamic.onnx"
+        v = a["validation"]
+        assert v["passed"] and "integer kernels" in v["where"] and v["holdout"]["passed"], v
+        fp32 = onnx.load(str(result.out / artifacts(result, name)[("ort-cpu", "fp32")]["path"]),
+                         load_external_data=False)
+        low = onnx.load(str(result.out / a["path"]), load_external_data=False)
+        weights = {t.name for t in fp32.graph.initializer}
+        const_matmuls = sum(n.op_type == "MatMul" and n.input[1] in weights for n in fp32.graph.node)
+        ops = [n.op_type for n in low.graph.node]
+        assert const_matmuls > 0 and ops.count("MatMulInteger") == const_matmuls
+        assert a["precision_record"]["quantized_ops"] == {"MatMul": const_matmuls}
+        assert ops.count("DynamicQuantizeLinear") >= 1
+        assert ops.count("Conv") == sum(n.op_type == "Conv" for n in fp32.graph.node)
+        low_weights = {t.name for t in low.graph.initializer}
+        assert not any(n.op_type == "MatMul" and n.input[1] in low_weights for n in low.graph.node)
+
+
+def test_int8_dynamic_generation(built):
+    import sdc.runtime
+    from sdc.bench.image_metrics import psnr
+
+    path = built["sd2-tiny"].out
+    kw = dict(num_inference_steps=8, guidance_scale=7.5, seed=0, output_type="np")
+    pipe = sdc.runtime.load(path, provider="cpu", precision="int8-dynamic")
+    assert pipe.artifacts["unet"]["path"] == "unet/model.ort-cpu.int8-dynamic.onnx"
+    q = pipe(PROMPT, **kw)
+    f = sdc.runtime.load(path, provider="cpu", precision="fp32")(PROMPT, **kw)
+    assert q.shape == f.shape and np.isfinite(q).all()
+    assert psnr(q, f) > 20, psnr(q, f)  # as for static int8 above
+
+
 def test_verify_numerics_and_inspect(built):
     path = built["sd1-tiny"].out
     proc = run_sdc("verify", path, "--numerics")
@@ -140,6 +180,8 @@ def test_generate_says_which_artifact_runs(built, tmp_path):
     (("--precision", "fp16"), ("--precision fp16", "ort-cpu", "--target ort-cuda")),
     (("--precision", "int8", "--no-passes"), ("--precision int8", "portable graph is fp32 only")),
     (("--precision", "int8", "--calibration-samples", "2"), ("--calibration-samples 2", "too few")),
+    (("--precision", "int8-dynamic", "--target", "tensorrt"),
+     ("--precision int8-dynamic", "ONNX Runtime's CPU integer kernels", "--target ort-cpu")),
 ])
 def test_bad_precision_options(tmp_path, args, needles):
     out = tmp_path / "x.bundle"

@@ -16,6 +16,8 @@ decides which nodes stay float (sdc.compile.sensitivity) and validates. Choices,
   0.12 vs 0.11 with 7-bit weights. With 7 bits the integer result is the exact one on every x86 CPU,
   VNNI or not. TensorRT needs symmetric int8 (zero point 0) and has no such saturation.
 
+Dynamic int8 (`int8-dynamic`, no calibration) is written in sdc.passes.onnx.dynamic_int8.
+
 w8 is written here: ONNX Runtime's quantizers do static/dynamic activation quantization or
 block-wise MatMulNBits (a contrib op TensorRT cannot parse); a standard-ONNX per-channel
 DequantizeLinear on each weight runs on every provider.
