@@ -28,6 +28,7 @@ TOLERANCE = {
              "vae_decoder": (1e-2, 4e-2)},
     "int8": {"text_encoder": (1e-2, 1e-1), "unet": (1e-2, 2e-1), "vae_encoder": (1e-2, 2e-1),
              "vae_decoder": (1e-2, 1.5e-1)},
+    # int8-dynamic: worst seen 6.6% held-out (real-size SDXL text_encoder_2), 6.1% (sd2-tiny UNet)
     "int8-dynamic": {"text_encoder": (1e-2, 1e-1), "unet": (1e-2, 1e-1), "vae_encoder": (1e-2, 1e-1),
                      "vae_decoder": (1e-2, 1e-1)},
     "w8": {"text_encoder": (1e-3, 8e-2), "unet": (1e-3, 8e-2), "vae_encoder": (1e-3, 8e-2),
