@@ -91,7 +91,7 @@ ALIGN = 4096  # external tensors start on page boundaries, so ONNX Runtime can m
 CHUNK = 64 << 20
 
 
-def _external_ref(t) -> tuple[str, int, int] | None:
+def external_ref(t) -> tuple[str, int, int] | None:
     """(location, offset, length) of an external initializer, else None."""
     from onnx import TensorProto
 
@@ -99,6 +99,19 @@ def _external_ref(t) -> tuple[str, int, int] | None:
         return None
     info = {e.key: e.value for e in t.external_data}
     return info["location"], int(info.get("offset", 0)), int(info["length"])
+
+
+def read_float_initializer(t, base_dir: Path):
+    """An fp32 initializer's values: from its own bytes, or only its slice of the external data file."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    ref = external_ref(t)
+    if ref is None:
+        return numpy_helper.to_array(t)
+    location, offset, length = ref
+    return np.fromfile(Path(base_dir) / location, dtype=np.float32, count=length // 4, offset=offset).reshape(
+        tuple(t.dims))
 
 
 def _point(t, location: str, offset: int, length: int) -> None:
@@ -131,7 +144,7 @@ def stream_save(model, path: Path, base_dir: Path, shared: dict | None = None) -
     out = None
     try:
         for t in model.graph.initializer:
-            ref = _external_ref(t)
+            ref = external_ref(t)
             if ref is not None and shared and ref in shared:
                 _point(t, *shared[ref])
                 shared_bytes += ref[2]

@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from sdc.passes.onnx.dynamic_int8 import quantize_weight, write_dynamic_int8
+from sdc.compile.precision_int8 import write_dynamic_int8
+from sdc.passes.onnx.dynamic_int8 import quantize_weight
 from sdc.runtime.models import OnnxModel
 
 

@@ -14,29 +14,16 @@ Why not onnxruntime's `quantize_dynamic`: it loads the whole fp32 model into mem
 full model; on a real-size SDXL UNet (10.3 GB fp32) the build then peaked at 21 GB RSS on a 23.5 GB
 machine and filled the disk with its copies. This writer reads one weight at a time from the graph's
 external data, holds only the int8 weights, and the untouched float weights keep pointing into the
-file they already live in (sdc.compile.artifacts.stream_save). tests/passes/test_dynamic_int8.py
-checks it against `quantize_dynamic` on the fixtures.
+file they already live in (sdc.compile.precision_int8.write_dynamic_int8 saves it with
+sdc.compile.artifacts.stream_save). tests/passes/test_dynamic_int8.py checks it against
+`quantize_dynamic` on the fixtures.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
-
-
-def _weight(t, base_dir: Path) -> np.ndarray:
-    """An fp32 initializer's values, read from its bytes or from the slice of its external data file."""
-    from onnx import numpy_helper
-
-    from sdc.compile.artifacts import _external_ref
-
-    ref = _external_ref(t)
-    if ref is None:
-        return numpy_helper.to_array(t)
-    location, offset, length = ref
-    arr = np.fromfile(base_dir / location, dtype=np.float32, count=length // 4, offset=offset)
-    return arr.reshape(tuple(t.dims))
 
 
 def quantize_weight(w: np.ndarray, reduce_range: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -48,10 +35,11 @@ def quantize_weight(w: np.ndarray, reduce_range: bool) -> tuple[np.ndarray, np.n
     return q, scale
 
 
-def quantize_dynamic_streamed(model, base_dir: Path, reduce_range: bool) -> dict[str, int]:
-    """Rewrite `model` (an onnx ModelProto loaded without its external data) in place; returns op counts.
+def quantize_dynamic_streamed(model, read_weight: Callable, reduce_range: bool) -> dict[str, int]:
+    """Rewrite `model` (an onnx ModelProto, its external data not loaded) in place; returns op counts.
 
-    `base_dir` is the folder the model's external-data locations are relative to.
+    `read_weight(initializer)` returns one fp32 weight's values (sdc.compile reads it from the data file);
+    only the int8 weights are held.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -72,7 +60,7 @@ def quantize_dynamic_streamed(model, base_dir: Path, reduce_range: bool) -> dict
             out_nodes.append(helper.make_node("DynamicQuantizeLinear", [x], list(names), name=f"{x}_QuantizeLinear"))
             quantized_x[x] = names
         if w.name not in quantized_w:
-            q, scale = quantize_weight(_weight(w, base_dir), reduce_range)
+            q, scale = quantize_weight(read_weight(w), reduce_range)
             names = (f"{w.name}_quantized", f"{w.name}_zero_point", f"{w.name}_scale")
             g.initializer.extend([numpy_helper.from_array(q, names[0]),
                                   numpy_helper.from_array(np.zeros(q.shape[1], np.int8), names[1]),
@@ -100,23 +88,3 @@ def quantize_dynamic_streamed(model, base_dir: Path, reduce_range: bool) -> dict
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
     return {"MatMulInteger": matmuls, "DynamicQuantizeLinear": len(quantized_x),
             "MatMul": ops.get("MatMul", 0), "Conv": ops.get("Conv", 0)}
-
-
-def write_dynamic_int8(src: Path, dst: Path, reduce_range: bool, shared_data: bool = True) -> tuple[dict, list[str]]:
-    """The int8-dynamic graph of the fp32 graph at `src`, saved at `dst` (same folder as src when sharing).
-
-    With `shared_data`, the float weights left as they were keep pointing into src's data file(s) instead
-    of being copied. Returns (op counts, data file names the saved graph reads, relative to its folder).
-    """
-    import onnx
-
-    from sdc.compile.artifacts import _external_ref, stream_save
-
-    model = onnx.load(str(src), load_external_data=False)
-    counts = quantize_dynamic_streamed(model, src.parent, reduce_range)
-    shared = {}
-    if shared_data and src.parent.resolve() == dst.parent.resolve():
-        shared = {ref: ref for ref in (_external_ref(t) for t in model.graph.initializer) if ref is not None}
-    own, _, _ = stream_save(model, dst, src.parent, shared=shared)
-    files = sorted({ref[0] for ref in shared}) + ([own] if own else [])
-    return counts, files
