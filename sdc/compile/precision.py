@@ -37,7 +37,6 @@ TOLERANCE = {
 RANGE_CASES = 8  # calibration inputs the fp16 ranges are measured on (spread over the timesteps)
 REFINE_ROUNDS = 4
 REFINE_FRACTION = 0.02  # of the graph's nodes made fp32 per refinement round
-REPAIR_FRACTION = 0.25  # at most this share of an int8 graph's layers stays float to meet the tolerance
 
 
 def tolerance(precision: str, submodel: str) -> tuple[float, float]:

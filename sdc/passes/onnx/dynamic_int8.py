@@ -27,12 +27,10 @@ import numpy as np
 
 
 def quantize_weight(w: np.ndarray, reduce_range: bool) -> tuple[np.ndarray, np.ndarray]:
-    """[K, N] fp32 -> (int8 [K, N], fp32 scale [N]): symmetric per output column."""
-    qmax = 63 if reduce_range else 127
-    scale = (np.max(np.abs(w), axis=0) / qmax).astype(np.float32)
-    scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
-    return q, scale
+    """[K, N] fp32 -> (int8 [K, N], fp32 scale [N]): symmetric per output column, as w8's weights."""
+    from sdc.passes.onnx.qdq import symmetric_per_channel
+
+    return symmetric_per_channel(w, 1, 63 if reduce_range else 127)
 
 
 def quantize_dynamic_streamed(model, read_weight: Callable, reduce_range: bool) -> dict[str, int]:

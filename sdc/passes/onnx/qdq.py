@@ -152,6 +152,18 @@ def quantized_counts(model) -> dict[str, int]:
     return counts
 
 
+def symmetric_per_channel(arr: np.ndarray, axis: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """int8 values and fp32 scales (one per index of `axis`), zero point 0: scale = max|x| / qmax over the
+    channel (1 for an all-zero channel), q = round(x / scale) clipped to [-qmax, qmax]."""
+    reduce = tuple(i for i in range(arr.ndim) if i != axis)
+    scale = np.max(np.abs(arr), axis=reduce) / qmax
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    shape = [1] * arr.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(arr / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
 def weights_only_int8(model, exclude: set[str], bits: int = 8) -> dict[str, int]:
     """Rewrite `model` in place: each Conv/MatMul weight in `quantizable_nodes` (minus `exclude`) becomes
     int8 (symmetric, per output channel) followed by a DequantizeLinear. Returns counts by op type."""
@@ -174,12 +186,7 @@ def weights_only_int8(model, exclude: set[str], bits: int = 8) -> dict[str, int]
         if w not in done:
             arr = numpy_helper.to_array(inits[w]).astype(np.float32)
             axis = 0 if n.op_type == "Conv" else arr.ndim - 1  # Conv: out channels first; MatMul: [.., K, N]
-            reduce = tuple(i for i in range(arr.ndim) if i != axis)
-            scale = np.max(np.abs(arr), axis=reduce) / qmax
-            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-            shape = [1] * arr.ndim
-            shape[axis] = -1
-            q = np.clip(np.rint(arr / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
+            q, scale = symmetric_per_channel(arr, axis, qmax)
             g.initializer.remove(inits[w])
             g.initializer.extend([numpy_helper.from_array(q, w + "_w8"), numpy_helper.from_array(scale, w + "_w8_scale")])
             new_nodes.append(helper.make_node("DequantizeLinear", [w + "_w8", w + "_w8_scale"], [w], axis=axis,
